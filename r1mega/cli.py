@@ -1,0 +1,46 @@
+"""`r1mega <verb> [config.yaml] [key=value ...]`: the command-line entry point.
+
+Each verb lives in `r1mega/commands/<verb>.py` with `add_arguments(parser)` and `run(args) -> int`;
+it is imported only when invoked, so `r1mega --help` stays fast and never imports megatron or torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> (module, one-line help). Keep in the order a user meets them.
+VERBS: dict[str, tuple[str, str]] = {
+    "config": ("r1mega.commands.config", "resolve a config (YAML + overrides), validate it and print it"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="r1mega",
+        description="DeepSeek-R1 style RL post-training on megatron-core.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="<verb>")
+    sub.required = True
+    for verb, (module, help_text) in VERBS.items():
+        p = sub.add_parser(verb, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from r1mega.configlib import ConfigError
+
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except ConfigError as e:
+        print(f"r1mega {args.verb}: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

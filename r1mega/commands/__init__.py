@@ -1,0 +1,1 @@
+"""One module per CLI verb; see r1mega/cli.py."""

@@ -1,0 +1,74 @@
+"""The job config: narrow sections (model, parallel, run, ...) composed into one `Config`.
+
+`load_config("examples/configs/tiny.yaml", ["train.lr=1e-5", "parallel.tp=2"])` reads YAML, applies
+dotted overrides and validates everything before any process group or model is built. Layout checks
+that need the world size run in `Config.check_layout(world_size)` at distributed start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from r1mega.configlib import (
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    load_yaml_tree,
+    strip_internal,
+    to_dict,
+)
+from r1mega.models.config import ModelConfig
+from r1mega.parallel.config import ParallelConfig
+
+__all__ = ["Config", "RunConfig", "ConfigError", "load_config", "save_config"]
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    name: str = "r1mega"
+    """Run name: the subdirectory of output_dir and the tensorboard/wandb run name."""
+    output_dir: str = "runs"
+    """Parent directory of run directories (logs, plots, checkpoints)."""
+    seed: int = 1234
+    """Seeds python, numpy, torch and megatron's model-parallel RNG tracker."""
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms; slower, for bisecting numerics."""
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+@dataclass(kw_only=True)
+class Config:
+    model: ModelConfig
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> None:
+        self.parallel.check_model(self.model)
+
+    def check_layout(self, world_size: int) -> None:
+        """World-size dependent checks, called once torch.distributed knows the world size."""
+        self.parallel.check_world_size(world_size)
+        self.parallel.check_model(self.model)
+
+
+def load_config(path: str | os.PathLike | None, overrides: Optional[list[str]] = None) -> Config:
+    """YAML file (or nothing) + `a.b=value` overrides -> validated Config; ConfigError on mistakes."""
+    raw = load_yaml_tree(path) if path is not None else {}
+    base_dir = Path(path).resolve().parent if path is not None else Path.cwd()
+    raw = apply_overrides(raw, list(overrides or []))
+    return from_dict(Config, raw, base_dir=base_dir)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the fully resolved config (every default spelled out) for the run record."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(strip_internal(to_dict(cfg)), f, sort_keys=False)

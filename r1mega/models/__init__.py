@@ -1,0 +1,1 @@
+"""Model configs per family and the megatron-core GPTModel builder."""

@@ -1,0 +1,1 @@
+"""Distributed start-up (torch.distributed + megatron parallel_state) and CPU/gloo support."""
