@@ -27,7 +27,13 @@ from typing import Any, Callable
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["enable_cpu_support", "cpu_support_enabled", "MEGATRON_VERSION", "CpuDeviceMode"]
+__all__ = [
+    "enable_cpu_support",
+    "cpu_support_enabled",
+    "mla_rope_grad_fix",
+    "MEGATRON_VERSION",
+    "CpuDeviceMode",
+]
 
 MEGATRON_VERSION = "0.16.1"
 """The megatron-core release every patch below was written for and verified against."""
@@ -233,17 +239,15 @@ class CpuDeviceMode(TorchFunctionMode):
         if func is torch.device and args and _map_device(args[0]) != args[0]:
             return torch.device("cpu")  # torch.device(0) / torch.device("cuda", i)
         if func is torch.Tensor.backward:
-            # A mode is popped while its handler runs: without re-pushing it, the whole backward
-            # (including activation recompute, which allocates on device="cuda") runs unmapped.
-            # torch.autograd.backward does not dispatch to modes, so it cannot recurse here.
-            with CpuDeviceMode():
-                return torch.autograd.backward(
-                    args[0],
-                    kwargs.get("gradient"),
-                    kwargs.get("retain_graph"),
-                    kwargs.get("create_graph", False),
-                    inputs=kwargs.get("inputs"),
-                )
+            return _backward_with_mode(
+                args[0], kwargs.get("gradient"), kwargs.get("retain_graph"),
+                kwargs.get("create_graph", False), kwargs.get("inputs"),
+            )
+        if func is torch.autograd.backward:
+            return _backward_with_mode(
+                args[0] if args else kwargs["tensors"], kwargs.get("grad_tensors"),
+                kwargs.get("retain_graph"), kwargs.get("create_graph", False), kwargs.get("inputs"),
+            )
         if func is _TYPE_FUNC and len(args) == 1 and not kwargs:
             # megatron.core.optimizer compares tensor.type() with 'torch.cuda.FloatTensor' (0.16.1:
             # distrib_optimizer, optimizer, clip_grads) and refuses CPU tensors; report the CUDA
@@ -264,7 +268,50 @@ class CpuDeviceMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def _backward_with_mode(tensors, grad_tensors, retain_graph, create_graph, inputs) -> None:
+    """Run the autograd engine with the device mode active.
+
+    A mode is popped while its own handler runs, and torch 2.13's `torch.autograd.backward`
+    dispatches to modes, so re-pushing the mode and calling it again would only dispatch again:
+    the whole backward (including activation recompute and megatron's backward passes, which
+    allocate on device=current_device()) would run unmapped. So the handler does what
+    torch.autograd.backward does after its dispatch check, with the mode pushed.
+    """
+    from torch import autograd
+
+    if isinstance(tensors, (torch.Tensor, autograd.graph.GradientEdge)):
+        tensors = (tensors,)
+    tensors = tuple(tensors)
+    if inputs is None:
+        inputs_tuple: tuple = ()
+    elif isinstance(inputs, (torch.Tensor, autograd.graph.GradientEdge)):
+        inputs_tuple = (inputs,)
+    elif isinstance(inputs, dict):
+        inputs_tuple = tuple(inputs.values())
+    else:
+        inputs_tuple = tuple(inputs)
+    if retain_graph is None:
+        retain_graph = create_graph
+    with CpuDeviceMode():
+        grads = autograd._tensor_or_tensors_to_tuple(grad_tensors, len(tensors))
+        grads = autograd._make_grads(tensors, grads, is_grads_batched=False)
+        autograd.graph._engine_run_backward(
+            tensors, grads, retain_graph, create_graph, inputs_tuple,
+            allow_unreachable=True, accumulate_grad=True,
+        )
+
+
+def _check_autograd_internals() -> None:
+    from torch import autograd
+
+    _require(autograd, "_tensor_or_tensors_to_tuple")
+    _require(autograd, "_make_grads")
+    _require(autograd.graph, "_engine_run_backward")
+    _require(autograd, "backward", source_contains=("_engine_run_backward(",))
+
+
 def _push_device_mode() -> None:
+    _check_autograd_internals()
     # Entered for the life of the process (never exited): every later torch call is mapped.
     CpuDeviceMode().__enter__()
 
@@ -412,6 +459,18 @@ class _AllReduceGradOverTP(torch.autograd.Function):
 
 
 _ROPE_DIM_ATTR = "_r1mega_mla_rope_dim"  # set on kv_combined by the linear_kv_down_proj hook
+_MLA_ROPE_GRAD_FIX = True
+
+
+@contextlib.contextmanager
+def mla_rope_grad_fix(enabled: bool):
+    """Switch the MLA k_pos_emb gradient fix off for a negative control (tests, bug reproduction)."""
+    global _MLA_ROPE_GRAD_FIX
+    previous, _MLA_ROPE_GRAD_FIX = _MLA_ROPE_GRAD_FIX, enabled
+    try:
+        yield
+    finally:
+        _MLA_ROPE_GRAD_FIX = previous
 
 
 def _patch_mla() -> None:
@@ -445,7 +504,7 @@ def _patch_mla() -> None:
         # all TP ranks). Route the rope slice through identity-forward / all-reduce-backward.
         out = original_gather(input_, group)
         rope_dim = getattr(input_, _ROPE_DIM_ATTR, None)
-        if rope_dim is None:
+        if rope_dim is None or not _MLA_ROPE_GRAD_FIX:
             return out
         from megatron.core.parallel_state import get_tensor_model_parallel_group
 

@@ -92,7 +92,9 @@ def forward_backward(
 
         def loss_func(output_tensor: torch.Tensor):
             loss, metrics = loss_fn(output_tensor, batch)
-            return loss, metrics
+            # the schedule divides the returned loss in place by num_microbatches: metrics that
+            # share its storage (loss.detach()) would be divided too
+            return loss, {k: v.detach().clone() for k, v in metrics.items()}
 
         return output, loss_func
 
