@@ -24,8 +24,9 @@ from r1mega.configlib import (
 )
 from r1mega.models.config import ModelConfig
 from r1mega.parallel.config import ParallelConfig
+from r1mega.rollout.config import RolloutConfig
 
-__all__ = ["Config", "RunConfig", "ConfigError", "load_config", "save_config"]
+__all__ = ["Config", "RunConfig", "RolloutConfig", "ConfigError", "load_config", "save_config"]
 
 
 @dataclass(kw_only=True)
@@ -49,6 +50,7 @@ class Config:
     model: ModelConfig
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
     def validate(self) -> None:
         self.parallel.check_model(self.model)
