@@ -81,6 +81,8 @@ def test_unknown_name_is_named_with_suggestion():
     bad = [("model.layers.0.self_attn.q_prj.weight", torch.randn(64, 64))]
     with pytest.raises(ValueError, match=r"unknown tensor 'model\.layers\.0\.self_attn\.q_prj\.weight'.*q_proj"):
         engine.update_weights([bad])
+    # precomputed rotary tables of older checkpoints have nowhere to go and are skipped, like SGLang does
+    engine.update_weights([[("model.layers.0.self_attn.rotary_emb.inv_freq", torch.randn(8))]], finalize=False)
 
 
 @pytest.mark.parametrize(
@@ -135,9 +137,13 @@ def test_release_and_resume_memory(family, tmp_path):
     prompts = random_prompts((5, 2))
     before = engine.generate(prompts, SamplingParams(max_new_tokens=6, temperature=0.0))
     # every parameter and persistent buffer once (tied embeddings share one tensor)
-    unique = {t.data_ptr(): t.numel() * t.element_size() for t in engine.model.state_dict().values()}
+    def state_bytes():
+        unique = {t.data_ptr(): t for t in engine.model.state_dict().values()}
+        return sum(t.numel() * t.element_size() for t in unique.values())
+
+    model_bytes = state_bytes()
     freed = engine.release_memory()
-    assert freed == sum(unique.values()) > 0
+    assert freed == model_bytes > 0
     print(f"{family}: release_memory freed {freed} bytes")
     assert all(p.numel() == 0 for p in engine.model.parameters())
     assert engine.model.lm_head.weight.numel() == 0
@@ -148,7 +154,7 @@ def test_release_and_resume_memory(family, tmp_path):
     engine.resume_memory()
     with pytest.raises(RuntimeError, match="not complete"):
         engine.generate(prompts, SamplingParams(max_new_tokens=2))
-    assert sum(t.numel() * t.element_size() for t in {t.data_ptr(): t for t in engine.model.state_dict().values()}.values()) == freed
+    assert state_bytes() == freed
     engine.update_weights(buckets)
     after = engine.generate(prompts, SamplingParams(max_new_tokens=6, temperature=0.0))
     assert [s.response_token_ids for s in after] == [s.response_token_ids for s in before]
@@ -187,3 +193,26 @@ def test_fused_in_memory_names_are_accepted_too():
     engine = _engine("qwen3_moe")
     engine.update_weights([list(source.state_dict().items())])
     _assert_engine_runs(engine, source)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+def test_cuda_engine_matches_cpu_and_gives_memory_back(tmp_path):
+    source = random_model("qwen3_moe", seed=29)
+    buckets = checkpoint_buckets(source, tmp_path)
+    cpu, gpu = _engine("qwen3_moe"), _engine("qwen3_moe", device="cuda")
+    cpu.update_weights(buckets)
+    gpu.update_weights(buckets)
+    prompts = random_prompts((5, 9, 2), seed=30)
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, seed=3)
+    samples = gpu.generate(prompts, params)
+    responses = [s.response_token_ids for s in samples]
+    for s, ref in zip(samples, cpu.compute_logprobs(prompts, responses)):
+        torch.testing.assert_close(s.response_logprobs, ref, atol=1e-4, rtol=0)
+    allocated = torch.cuda.memory_allocated()
+    freed = gpu.release_memory()
+    assert allocated - torch.cuda.memory_allocated() >= freed > 0
+    gpu.resume_memory()
+    gpu.update_weights(buckets)
+    for s, again in zip(samples, gpu.compute_logprobs(prompts, responses)):
+        torch.testing.assert_close(again, s.response_logprobs, atol=1e-4, rtol=0)

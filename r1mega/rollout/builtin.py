@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 from transformers import DynamicCache, PretrainedConfig
@@ -190,7 +190,9 @@ class BuiltinEngine:
         generators = sample_generators(base_seed, len(prompts))
         samples: list[Optional[Sample]] = [None] * len(prompts)
         for rows in self._micro_batches([len(p) for p in prompts]):
-            outputs = self._generate_batch([prompts[i] for i in rows], sampling, stopper, [generators[i] for i in rows])
+            outputs = self._generate_batch(
+                [prompts[i] for i in rows], sampling, stopper, [generators[i] for i in rows]
+            )
             for i, (tokens, logprobs, reason) in zip(rows, outputs):
                 samples[i] = Sample(
                     prompt_token_ids=list(prompts[i]),
@@ -259,33 +261,35 @@ class BuiltinEngine:
         prompts = self._check_prompts(prompts_token_ids, "prompts_token_ids")
         responses = self._check_prompts(responses_token_ids, "responses_token_ids", allow_empty=True)
         if len(prompts) != len(responses):
-            raise ValueError(
-                f"compute_logprobs: {len(prompts)} prompts but {len(responses)} responses"
-            )
+            raise ValueError(f"compute_logprobs: {len(prompts)} prompts but {len(responses)} responses")
         seqs = [p + r for p, r in zip(prompts, responses)]
         result: list[list[float]] = [[] for _ in seqs]
         for rows in self._micro_batches([len(s) for s in seqs]):
-            input_ids, mask, positions = self._left_pad([seqs[i] for i in rows])
-            width = input_ids.shape[1]
-            # left padding aligns every sequence's end: positions [width-n-1, width-1) predict a response of n
-            spans = [(width - len(responses[i]) - 1, width - 1) for i in rows]
-            pieces: list[list[torch.Tensor]] = [[] for _ in rows]
-
-            def gather(start: int, logits: torch.Tensor, rows=rows, spans=spans, pieces=pieces) -> None:
-                end = start + logits.shape[1]
-                for row, (lo, hi) in enumerate(spans):
-                    a, b = max(lo, start), min(hi, end)
-                    if a >= b:
-                        continue
-                    lp = scaled_logprobs(logits[row, a - start : b - start], temperature)  # [b - a, vocab]
-                    target = input_ids[row, a + 1 : b + 1].unsqueeze(-1)  # the tokens those positions predict
-                    pieces[row].append(lp.gather(-1, target).squeeze(-1))
-
-            self._prefill(input_ids, mask, positions, DynamicCache(config=self.model.config), on_logits=gather)
-            for row, i in enumerate(rows):
-                if pieces[row]:
-                    result[i] = torch.cat(pieces[row]).tolist()
+            batch = self._teacher_forced([seqs[i] for i in rows], [len(responses[i]) for i in rows], temperature)
+            for i, values in zip(rows, batch):
+                result[i] = values.tolist()
         return result
+
+    def _teacher_forced(self, seqs, response_lens, temperature) -> list[torch.Tensor]:
+        """Log-probs of the last response_lens[r] tokens of each sequence, one micro-batch."""
+        input_ids, mask, positions = self._left_pad(seqs)
+        width = input_ids.shape[1]
+        # left padding aligns every sequence's end: positions [width-n-1, width-1) predict the last n tokens
+        spans = [(width - n - 1, width - 1) for n in response_lens]
+        pieces: list[list[torch.Tensor]] = [[] for _ in seqs]
+
+        def gather(start: int, logits: torch.Tensor) -> None:
+            end = start + logits.shape[1]
+            for row, (lo, hi) in enumerate(spans):
+                a, b = max(lo, start), min(hi, end)
+                if a >= b:
+                    continue
+                lp = scaled_logprobs(logits[row, a - start : b - start], temperature)  # [b - a, vocab]
+                target = input_ids[row, a + 1 : b + 1].unsqueeze(-1)  # the tokens those positions predict
+                pieces[row].append(lp.gather(-1, target).squeeze(-1))
+
+        self._prefill(input_ids, mask, positions, DynamicCache(config=self.model.config), on_logits=gather)
+        return [torch.cat(p) if p else torch.zeros(0) for p in pieces]
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -12,8 +12,15 @@ from pathlib import Path
 from typing import Iterator, Optional, Union
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
-from transformers.initialization import no_init_weights
+import transformers
+
+if int(transformers.__version__.split(".")[0]) < 5:  # fused MoE experts, `dtype=`, experts_implementation
+    raise ImportError(
+        f"r1mega's built-in rollout engine needs transformers >= 5 (found {transformers.__version__})"
+    )
+
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig  # noqa: E402
+from transformers.initialization import no_init_weights  # noqa: E402
 
 # The families r1mega trains (model_type -> HF architecture); the engine runs their transformers code.
 SUPPORTED_MODEL_TYPES = {
