@@ -116,6 +116,24 @@ def test_batching_does_not_change_results():
             torch.testing.assert_close(b.response_logprobs, a.response_logprobs, atol=1e-5, rtol=0)
 
 
+def test_samples_finishing_early_leave_the_batch_without_disturbing_the_rest():
+    prompts = random_prompts((7, 2, 13, 1, 4, 9, 3), seed=8)
+    engine = make_engine(seed=9, max_batch_size=8)
+    free = engine.generate(prompts, SamplingParams(max_new_tokens=14, temperature=0.0))
+    # stop ids that end some samples at different steps while others run to the length cap
+    stops = {free[0].response_token_ids[2], free[3].response_token_ids[6]}
+    expected = []
+    for f in free:
+        ids = f.response_token_ids
+        cut = next((i + 1 for i, t in enumerate(ids) if t in stops), None)
+        expected.append((ids[:cut] if cut else ids, "stop" if cut else "length"))
+    assert len({len(e[0]) for e in expected}) >= 3 and any(r == "length" for _, r in expected)
+    got = engine.generate(prompts, SamplingParams(max_new_tokens=14, temperature=0.0, stop_token_ids=sorted(stops)))
+    for f, g, (ids, reason) in zip(free, got, expected):
+        assert (g.response_token_ids, g.finish_reason) == (ids, reason)
+        torch.testing.assert_close(g.response_logprobs, f.response_logprobs[: len(ids)], atol=1e-5, rtol=0)
+
+
 def test_seeded_sampling_is_reproducible_and_batch_independent():
     prompts = random_prompts((4, 9, 2, 6), seed=10)
     params = SamplingParams(max_new_tokens=10, temperature=1.0, top_p=0.95, seed=11)
@@ -176,7 +194,7 @@ def test_stop_strings_truncate_at_the_completing_token():
     samples = engine.generate(prompts, SamplingParams(max_new_tokens=24, temperature=0.0, stop=stops))
     for f, s in zip(free, samples):
         n = len(s.response_token_ids)
-        prefixes = [tok.decode(f[: i + 1], skip_special_tokens=True) for i in range(len(f))]
+        prefixes = [tok.decode(f[: i + 1], skip_special_tokens=False) for i in range(len(f))]
         first = min(i + 1 for i, text in enumerate(prefixes) if any(x in text for x in stops))
         assert s.finish_reason == "stop" and n == first
         assert s.response_token_ids == f[:n]
@@ -210,3 +228,12 @@ def test_compute_logprobs_handles_empty_responses_and_temperature_zero(engine):
     assert out[1] == []
     ref = full_logprobs(engine.model, prompts[0], responses[0])  # at T = 1
     torch.testing.assert_close(torch.tensor(out[0], dtype=torch.float64), ref, atol=1e-5, rtol=0)
+
+
+def test_left_padding_positions_count_real_tokens_only(engine):
+    """RoPE attention is shift-invariant, so wrong offsets would not show in the outputs of these
+    models; they would under position-dependent rope scaling and in rounding vs the trainer."""
+    ids, mask, positions = engine._left_pad([[5, 6, 7], [8], [9, 10]])
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 9, 10]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 1, 1]]
+    assert [p[m.bool()].tolist() for p, m in zip(positions, mask)] == [[0, 1, 2], [0], [0, 1]]

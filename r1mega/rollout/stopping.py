@@ -21,8 +21,8 @@ class StopChecker:
     Stop strings are searched in the decoded text of the response's last `window` tokens, where
     window = 4 * (longest stop string in characters) + 16: every token decodes to at least one byte
     and a character is at most 4 bytes, so any occurrence that ends in the newest token lies inside
-    the window (special tokens, skipped when decoding, are what the 16 spare tokens are for). This
-    keeps the check O(1) per token instead of re-decoding the whole response.
+    the window. This keeps the check O(1) per token instead of re-decoding the whole response.
+    Special tokens are kept in the checked text, so a stop string may also be a special token's text.
     """
 
     def __init__(
@@ -48,7 +48,7 @@ class StopChecker:
         if response_token_ids[-1] in self.stop_token_ids:
             return "stop"
         if self.stop_strings:
-            tail = self.tokenizer.decode(list(response_token_ids[-self.window :]), skip_special_tokens=True)
+            tail = self.tokenizer.decode(list(response_token_ids[-self.window :]), skip_special_tokens=False)
             if any(s in tail for s in self.stop_strings):
                 return "stop"
         if len(response_token_ids) >= self.max_new_tokens:
