@@ -24,9 +24,10 @@ from r1mega.configlib import (
 )
 from r1mega.models.config import ModelConfig
 from r1mega.parallel.config import ParallelConfig
+from r1mega.rollout.config import RolloutConfig
 from r1mega.training.optimizer import OptimizerConfig
 
-__all__ = ["Config", "RunConfig", "OptimizerConfig", "ConfigError", "load_config", "save_config"]
+__all__ = ["Config", "RunConfig", "OptimizerConfig", "RolloutConfig", "ConfigError", "load_config", "save_config"]
 
 
 @dataclass(kw_only=True)
@@ -51,6 +52,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     run: RunConfig = field(default_factory=RunConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
     def validate(self) -> None:
         self.parallel.check_model(self.model)
