@@ -280,6 +280,14 @@ def by_case(per_rank: list[list[dict]]) -> dict[str, list[dict]]:
 
 def assert_equivalent(results: list[dict], *, grad_tol: float = GRAD_TOL, loss_tol: float = LOSS_TOL) -> None:
     """Every reference parameter was checked on some rank; every loss and grad within tolerance."""
+    label = results[0].get("case", "")
+    try:
+        _assert_equivalent(results, grad_tol, loss_tol)
+    except AssertionError as e:
+        raise AssertionError(f"{label}: {e}") from None
+
+
+def _assert_equivalent(results: list[dict], grad_tol: float, loss_tol: float) -> None:
     ref_names = set(results[0]["reference_names"])
     checked = set().union(*(r["checked"] for r in results))
     assert checked == ref_names, f"unchecked parameters: {sorted(ref_names - checked)}"

@@ -70,6 +70,10 @@ def transformer_config(
         gradient_accumulation_fusion=False,
         moe_grouped_gemm=bool(use_te and model_cfg.is_moe),
         moe_permute_fusion=False,
+        # gloo runs batch_isend_irecv as separate isend/irecv with one tag: at pp=2 the interleaved
+        # schedule's activation and gradient to the same peer can then be matched crosswise. The
+        # unbatched path sends the two directions over different communicators.
+        batch_p2p_comm=torch.cuda.is_available(),
     )
     kwargs.update(overrides)
     cls = MLATransformerConfig if model_cfg.multi_latent_attention else TransformerConfig
