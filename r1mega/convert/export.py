@@ -1,0 +1,224 @@
+"""Stream a live sharded megatron model as HF-named full tensors, in buckets of bounded size.
+
+`export_hf_tensors(model_chunks, bucket_bytes, model_cfg=...)` serves both the mcore -> HF tool
+and rollout weight sync. Every rank calls it (it is a collective) and every rank receives every
+HF tensor, in the same order and bit-identical: with a colocated engine each rank then loads what
+it needs, as SGLang's colocated weight update does.
+
+How one tensor travels (only the groups that hold a piece take part):
+  1. TP: the owner stage's ranks all-gather their shards over the TP group (routed experts: over
+     the expert-TP group), giving the full megatron tensor;
+  2. EP: a routed expert lives on one EP rank; it broadcasts the full tensor over the EP group of
+     its stage, so every rank of that stage has it;
+  3. PP: the owning stage broadcasts it over the pipeline group to the other stages;
+  4. the family's layout turns it into HF tensors (split fused QKV and gate/up, drop vocab padding).
+DP replicas hold the same weights and run the same steps independently; nothing crosses DP.
+
+Memory: a bucket holds at most `bucket_bytes` of HF tensors (a single larger tensor goes alone).
+While a tensor is in flight the rank also holds its gathered megatron form, so with a consumer
+that drops each bucket before asking for the next the extra memory per rank stays within
+max(bucket_bytes, M) + M, where M is the largest full megatron tensor, i.e. bucket_bytes + M when
+the bucket is at least as large as any tensor (measured in tests/test_convert_dist.py).
+Each bucket holds fresh tensors, never views of the model's parameters.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+
+from r1mega.convert.layouts import Layout
+from r1mega.convert.live import LocalTensor, family_rules, local_tensors
+from r1mega.convert.rules import match_name
+from r1mega.models.config import ModelConfig
+
+__all__ = ["export_hf_tensors", "ExportItem", "export_plan"]
+
+NamedTensors = list[tuple[str, torch.Tensor]]
+
+
+@dataclass
+class ExportItem:
+    """One megatron tensor of the whole model, as every rank sees it in the export plan."""
+
+    megatron_name: str
+    sort_key: tuple
+    stage: int
+    """Pipeline rank that holds it."""
+    ep_rank: Optional[int]
+    """EP rank that holds it (routed experts), None for tensors every EP rank holds."""
+    full_shape: tuple[int, ...]
+    dtype: torch.dtype
+    tp_dim: Optional[int]
+    tp_size: int
+    layout: Layout
+    local: Optional[LocalTensor]
+    """This rank's piece, when it holds one."""
+
+    @property
+    def hf_bytes(self) -> int:
+        size = torch.empty((), dtype=self.dtype).element_size()
+        total = 0
+        for shape in self.layout.hf_shapes(self.full_shape).values():
+            n = 1
+            for d in shape:
+                n *= d
+            total += n * size
+        return total
+
+
+def _sort_key(name: str, rule_index: int, layer: Optional[int], expert: Optional[int]) -> tuple:
+    """Embedding first, then layer by layer (rule order, expert id), then final norm and output."""
+    if layer is not None:
+        return (1, layer, rule_index, expert if expert is not None else -1)
+    section = 0 if name.startswith("embedding.") else 2
+    return (section, 0, rule_index, -1)
+
+
+def export_plan(model_chunks, model_cfg: ModelConfig) -> list[ExportItem]:
+    """The ordered list of tensors to export, identical on every rank (one all_gather_object)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    mine = [t for t in local_tensors(model_chunks, model_cfg) if t.rule.export]
+    stage = ps.get_pipeline_model_parallel_rank()
+    ep_rank = ps.get_expert_model_parallel_rank()
+    record = [
+        (t.megatron_name, tuple(t.full_shape), str(t.tensor.dtype).removeprefix("torch."), t.tp_dim, t.tp_size)
+        for t in mine
+    ]
+    everyone = [(stage, ep_rank, record)]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, (stage, ep_rank, record))
+
+    rules = family_rules(model_cfg)
+    by_name = {t.megatron_name: t for t in mine}
+    items: dict[str, ExportItem] = {}
+    for owner_stage, owner_ep, rec in everyone:
+        for name, shape, dtype, tp_dim, tp_size in rec:
+            m = match_name(rules, name)
+            assert m is not None, name  # it matched on its own rank
+            item = items.get(name)
+            if item is not None:
+                if (item.full_shape, item.tp_dim, item.stage) != (shape, tp_dim, owner_stage):
+                    raise RuntimeError(
+                        f"export: ranks disagree about {name}: {item.full_shape}/{item.tp_dim}/stage "
+                        f"{item.stage} vs {shape}/{tp_dim}/stage {owner_stage}"
+                    )
+                continue
+            items[name] = ExportItem(
+                megatron_name=name,
+                sort_key=_sort_key(name, m.rule_index, m.layer, m.expert),
+                stage=owner_stage,
+                ep_rank=owner_ep if m.rule.is_expert else None,
+                full_shape=shape,
+                dtype=getattr(torch, dtype),
+                tp_dim=tp_dim,
+                tp_size=tp_size,
+                layout=m.rule.layout_for(model_cfg, m.layer, m.expert),
+                local=by_name.get(name),
+            )
+    plan = sorted(items.values(), key=lambda it: it.sort_key)
+    seen: dict[str, str] = {}
+    for item in plan:
+        for hf in item.layout.hf_names:
+            if hf in seen:
+                raise RuntimeError(f"export: {hf} would come from both {seen[hf]} and {item.megatron_name}")
+            seen[hf] = item.megatron_name
+    return plan
+
+
+def _gather_tp(local: torch.Tensor, dim: Optional[int], size: int, group) -> torch.Tensor:
+    """The full tensor from this rank's TP shard: shards concatenated along `dim` (a fresh tensor)."""
+    import torch.distributed as dist
+
+    local = local.detach()
+    if dim is None or size == 1:
+        return local.clone(memory_format=torch.contiguous_format)
+    flat = torch.empty(size * local.numel(), dtype=local.dtype, device=local.device)
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(flat, local.contiguous().view(-1), group=group)
+    stacked = flat.view(size, *local.shape)  # [tp, *shard]
+    if dim == 0:
+        return stacked.view(size * local.shape[0], *local.shape[1:])
+    # [tp, ..., shard_d, ...] -> [..., tp * shard_d, ...]
+    return torch.cat(stacked.unbind(0), dim=dim)
+
+
+def _broadcast(tensor: Optional[torch.Tensor], item: ExportItem, src_group_rank: int, group) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if tensor is None:
+        tensor = torch.empty(item.full_shape, dtype=item.dtype, device=_device())
+    src = dist.get_global_rank(group, src_group_rank)
+    dist.broadcast(tensor, src=src, group=group)
+    return tensor
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _full_tensor(item: ExportItem) -> torch.Tensor:
+    """The full megatron tensor of `item` on this rank, via TP gather, EP and PP broadcasts."""
+    from megatron.core import parallel_state as ps
+
+    stage = ps.get_pipeline_model_parallel_rank()
+    ep_rank = ps.get_expert_model_parallel_rank()
+    full = None
+    on_stage = stage == item.stage
+    if on_stage and (item.ep_rank is None or item.ep_rank == ep_rank):
+        assert item.local is not None, f"{item.megatron_name} should be on this rank"
+        group = (
+            ps.get_expert_tensor_parallel_group(check_initialized=False)
+            if item.ep_rank is not None
+            else ps.get_tensor_model_parallel_group()
+        )
+        full = _gather_tp(item.local.tensor, item.tp_dim, item.tp_size, group)
+    if item.ep_rank is not None and on_stage and ps.get_expert_model_parallel_world_size() > 1:
+        full = _broadcast(full, item, item.ep_rank, ps.get_expert_model_parallel_group())
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        full = _broadcast(full if on_stage else None, item, item.stage, ps.get_pipeline_model_parallel_group())
+    assert full is not None and tuple(full.shape) == item.full_shape, item.megatron_name
+    return full
+
+
+def export_hf_tensors(
+    model_chunks,
+    bucket_bytes: int,
+    *,
+    model_cfg: ModelConfig,
+    names: Optional[str] = None,
+) -> Iterator[NamedTensors]:
+    """Yield buckets [(hf_name, full HF tensor), ...] of at most `bucket_bytes` each (a tensor
+    larger than that comes alone), covering the whole model once, on every rank.
+
+    A collective: every rank of the job must call it and consume every bucket. `names` (a regular
+    expression on HF names) exports only the matching tensors, with the same collectives skipped on
+    all ranks. See the module docstring for who sends what and the memory bound.
+    """
+    if bucket_bytes < 1:
+        raise ValueError(f"bucket_bytes: must be >= 1, got {bucket_bytes}")
+    plan = export_plan(model_chunks, model_cfg)
+    if names is not None:
+        wanted = re.compile(names)
+        plan = [it for it in plan if any(wanted.search(n) for n in it.layout.hf_names)]
+    bucket: NamedTensors = []
+    used = 0
+    with torch.no_grad():
+        for item in plan:
+            size = item.hf_bytes
+            if bucket and used + size > bucket_bytes:
+                yield bucket
+                bucket, used = [], 0
+            full = _full_tensor(item)
+            pieces = item.layout.to_hf(full, item.tp_size)
+            del full
+            bucket.extend(pieces)
+            used += size
+    if bucket:
+        yield bucket
