@@ -14,12 +14,13 @@ How one tensor travels (only the groups that hold a piece take part):
   4. the family's layout turns it into HF tensors (split fused QKV and gate/up, drop vocab padding).
 DP replicas hold the same weights and run the same steps independently; nothing crosses DP.
 
-Memory: a bucket holds at most `bucket_bytes` of HF tensors (a single larger tensor goes alone).
-While a tensor is in flight the rank also holds its gathered megatron form, so with a consumer
-that drops each bucket before asking for the next the extra memory per rank stays within
-max(bucket_bytes, M) + M, where M is the largest full megatron tensor, i.e. bucket_bytes + M when
-the bucket is at least as large as any tensor (measured in tests/test_convert_dist.py).
-Each bucket holds fresh tensors, never views of the model's parameters.
+Memory: a bucket holds at most `bucket_bytes` of HF tensors (one item larger than that comes
+alone). Gathered and received tensors land in one reusable staging buffer the size of the largest
+full megatron tensor M; HF tensors are copied out of it into the bucket. With a consumer that drops
+each bucket before asking for the next, the extra memory per rank is therefore at most
+M + max(bucket_bytes, largest item), i.e. bucket_bytes + M once the bucket is at least as large as
+any tensor (measured in tests/test_convert_dist.py). Tensors in a bucket are fresh copies, never
+views of parameters or of the staging buffer, so the model may change while a bucket is in use.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class ExportItem:
 
     @property
     def hf_bytes(self) -> int:
-        size = torch.empty((), dtype=self.dtype).element_size()
+        size = self.dtype.itemsize
         total = 0
         for shape in self.layout.hf_shapes(self.full_shape).values():
             n = 1
@@ -132,30 +133,64 @@ def export_plan(model_chunks, model_cfg: ModelConfig) -> list[ExportItem]:
     return plan
 
 
-def _gather_tp(local: torch.Tensor, dim: Optional[int], size: int, group) -> torch.Tensor:
-    """The full tensor from this rank's TP shard: shards concatenated along `dim` (a fresh tensor)."""
+class _Staging:
+    """One reusable byte buffer, as large as the largest full megatron tensor of the plan, that
+    every gathered or received tensor lands in. Outputs are copied out of it into the bucket, so
+    the export holds at most this buffer plus one bucket, and no tensor handed to a collective is
+    ever freed by a communication thread."""
+
+    def __init__(self, plan: list[ExportItem]):
+        need = max((_nbytes(it.full_shape, it.dtype) for it in plan), default=0)
+        self.buffer = torch.empty(need, dtype=torch.uint8, device=_device())
+
+    def view(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        return self.buffer[: _nbytes(shape, dtype)].view(dtype).view(shape)
+
+
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    n = dtype.itemsize
+    for d in shape:
+        n *= d
+    return n
+
+
+def _gather_tp(item: ExportItem, staging: _Staging, group) -> tuple[torch.Tensor, bool]:
+    """(full tensor = TP shards concatenated along the partition dim, whether it is a fresh tensor).
+
+    Unsplit tensors are returned as they are (the parameter itself, not fresh). Split ones are
+    gathered into the staging buffer as [tp, *shard]: NCCL all-gathers in place; on gloo, whose
+    all-gather allocates a full-size temporary, each rank broadcasts its shard into its slot.
+    """
     import torch.distributed as dist
 
-    local = local.detach()
-    if dim is None or size == 1:
-        return local.clone(memory_format=torch.contiguous_format)
-    flat = torch.empty(size * local.numel(), dtype=local.dtype, device=local.device)
-    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    gather(flat, local.contiguous().view(-1), group=group)
-    stacked = flat.view(size, *local.shape)  # [tp, *shard]
-    if dim == 0:
-        return stacked.view(size * local.shape[0], *local.shape[1:])
-    # [tp, ..., shard_d, ...] -> [..., tp * shard_d, ...]
-    return torch.cat(stacked.unbind(0), dim=dim)
+    local = item.local.tensor.detach()
+    size = item.tp_size
+    if item.tp_dim is None or size == 1:
+        return local, False
+    stacked = staging.view((size, *local.shape), local.dtype)  # [tp, *shard]
+    if dist.get_backend(group) == "gloo":
+        me = dist.get_rank(group)
+        for r in range(size):
+            slot = stacked[r]
+            if r == me:
+                slot.copy_(local)
+            dist.broadcast(slot, src=dist.get_global_rank(group, r), group=group)
+    else:
+        dist.all_gather_into_tensor(stacked.view(-1), local.contiguous().view(-1), group=group)
+    if item.tp_dim == 0:
+        return stacked.view(size * local.shape[0], *local.shape[1:]), False
+    # [tp, ..., shard_d, ...] -> [..., tp * shard_d, ...]: a new tensor
+    return torch.cat(stacked.unbind(0), dim=item.tp_dim), True
 
 
-def _broadcast(tensor: Optional[torch.Tensor], item: ExportItem, src_group_rank: int, group) -> torch.Tensor:
+def _broadcast(tensor: Optional[torch.Tensor], item: ExportItem, staging: _Staging, src_group_rank: int, group):
+    """Broadcast the full tensor from group rank `src_group_rank`; receivers get it in the staging
+    buffer. Returns (tensor, fresh)."""
     import torch.distributed as dist
 
     if tensor is None:
-        tensor = torch.empty(item.full_shape, dtype=item.dtype, device=_device())
-    src = dist.get_global_rank(group, src_group_rank)
-    dist.broadcast(tensor, src=src, group=group)
+        tensor = staging.view(item.full_shape, item.dtype)
+    dist.broadcast(tensor, src=dist.get_global_rank(group, src_group_rank), group=group)
     return tensor
 
 
@@ -163,13 +198,14 @@ def _device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def _full_tensor(item: ExportItem) -> torch.Tensor:
-    """The full megatron tensor of `item` on this rank, via TP gather, EP and PP broadcasts."""
+def _full_tensor(item: ExportItem, staging: _Staging) -> tuple[torch.Tensor, bool]:
+    """(full megatron tensor of `item` on this rank, whether it is a fresh tensor), via the TP
+    gather, the EP broadcast and the PP broadcast."""
     from megatron.core import parallel_state as ps
 
     stage = ps.get_pipeline_model_parallel_rank()
     ep_rank = ps.get_expert_model_parallel_rank()
-    full = None
+    full, fresh = None, False
     on_stage = stage == item.stage
     if on_stage and (item.ep_rank is None or item.ep_rank == ep_rank):
         assert item.local is not None, f"{item.megatron_name} should be on this rank"
@@ -178,13 +214,22 @@ def _full_tensor(item: ExportItem) -> torch.Tensor:
             if item.ep_rank is not None
             else ps.get_tensor_model_parallel_group()
         )
-        full = _gather_tp(item.local.tensor, item.tp_dim, item.tp_size, group)
+        full, fresh = _gather_tp(item, staging, group)
     if item.ep_rank is not None and on_stage and ps.get_expert_model_parallel_world_size() > 1:
-        full = _broadcast(full, item, item.ep_rank, ps.get_expert_model_parallel_group())
+        full = _broadcast(full, item, staging, item.ep_rank, ps.get_expert_model_parallel_group())
     if ps.get_pipeline_model_parallel_world_size() > 1:
-        full = _broadcast(full if on_stage else None, item, item.stage, ps.get_pipeline_model_parallel_group())
+        full = _broadcast(full if on_stage else None, item, staging, item.stage, ps.get_pipeline_model_parallel_group())
+        fresh = fresh and on_stage
     assert full is not None and tuple(full.shape) == item.full_shape, item.megatron_name
-    return full
+    return full, fresh
+
+
+def _owned(pieces: list[tuple[str, torch.Tensor]], source: torch.Tensor, fresh: bool):
+    """HF tensors that share no storage with a parameter or the staging buffer."""
+    if fresh:
+        return pieces
+    shared = source.untyped_storage().data_ptr()
+    return [(n, t.clone() if t.untyped_storage().data_ptr() == shared else t) for n, t in pieces]
 
 
 def export_hf_tensors(
@@ -207,6 +252,7 @@ def export_hf_tensors(
     if names is not None:
         wanted = re.compile(names)
         plan = [it for it in plan if any(wanted.search(n) for n in it.layout.hf_names)]
+    staging = _Staging(plan)
     bucket: NamedTensors = []
     used = 0
     with torch.no_grad():
@@ -215,10 +261,10 @@ def export_hf_tensors(
             if bucket and used + size > bucket_bytes:
                 yield bucket
                 bucket, used = [], 0
-            full = _full_tensor(item)
-            pieces = item.layout.to_hf(full, item.tp_size)
+            full, fresh = _full_tensor(item, staging)
+            bucket.extend(_owned(item.layout.to_hf(full, item.tp_size), full, fresh))
             del full
-            bucket.extend(pieces)
             used += size
+    del staging
     if bucket:
         yield bucket

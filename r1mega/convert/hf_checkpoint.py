@@ -76,7 +76,7 @@ def read_header(path: Path) -> dict[str, dict]:
         numel = 1
         for d in shape:
             numel *= int(d)
-        if stop - begin != numel * torch.empty((), dtype=_DTYPES[dtype]).element_size():
+        if stop - begin != numel * _DTYPES[dtype].itemsize:
             raise ValueError(f"{path}: tensor {name!r} has {stop - begin} bytes for shape {shape} {dtype}")
         end = max(end, stop)
     if end > data:

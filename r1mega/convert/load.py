@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -51,13 +51,14 @@ def load_hf_into_model(
     *,
     model_cfg: ModelConfig,
     allow_mtp_layers: bool = True,
+    progress: Optional[Callable[[int], None]] = None,
 ) -> dict[str, int]:
     """Copy HF weights (a safetensors directory, an `HFCheckpoint` or a dict of tensors) into this
     rank's chunks. Returns {"tensors": copied on this rank, "bytes": bytes read on this rank}.
 
     `allow_mtp_layers`: DeepSeek-V3 checkpoints carry multi-token-prediction layers
     (model.layers.{num_layers}...); they have no place in the megatron model and are skipped with
-    a warning. Any other unused tensor is an error.
+    a warning. Any other unused tensor is an error. `progress(n)` is called after each tensor.
     """
     reader = open_hf_source(source)
     try:
@@ -102,8 +103,13 @@ def load_hf_into_model(
                             f"{t.local_name}: assembled shape {tuple(value.shape)} from {t.hf_names} does not fit "
                             f"the parameter's {tuple(t.tensor.shape)}"
                         )
+                    if t.local_name.endswith("router.expert_bias") and t.tensor.dtype != torch.float32:
+                        # megatron's router keeps the expert bias in float32 whatever the model dtype
+                        t.tensor.data = t.tensor.data.float()
                     t.tensor.copy_(value)
                     copied += 1
+                    if progress is not None:
+                        progress(1)
                     nbytes += value.numel() * value.element_size()
         except ValueError as e:
             error = str(e)
