@@ -1,10 +1,9 @@
 """Rank functions of the conversion tests (spawned processes import them by module path).
 
-`run_conversion_cases` builds the megatron model of an HF checkpoint in each requested layout,
-loads the checkpoint with `load_hf_into_model` (each rank reading its own shards), runs the forward
-pass through megatron's pipeline schedule, and exports everything back with `export_hf_tensors`.
-It returns what the test asserts on: logits (last stage, TP-gathered), the exported tensors'
-differences from the original file, bucket sizes, and how many bytes each rank read.
+`run_case` builds the megatron model of an HF checkpoint at a layout, loads the checkpoint with
+`load_hf_into_model` (each rank reading its own shards), runs the forward pass through megatron's
+pipeline schedule, and exports everything back with `export_hf_tensors`, measuring the export's
+peak extra memory on the way. It returns what the tests assert on.
 """
 
 from __future__ import annotations
@@ -32,27 +31,84 @@ def _forward_logits(chunks, tokens: torch.Tensor, vocab: int) -> Optional[torch.
     metrics = forward_backward(chunks, [batch], keep_logits, seq_length=s, micro_batch_size=b, forward_only=True)
     if not ps.is_pipeline_last_stage(ignore_virtual=True):
         return None
-    local = metrics[0]["logits"]  # [b, s, vocab_padded / tp]
+    local = metrics[0]["logits"]  # [b, s, padded vocab / tp]
     tp = ps.get_tensor_model_parallel_world_size()
     if tp > 1:
         parts = [torch.empty_like(local) for _ in range(tp)]
         dist.all_gather(parts, local.contiguous(), group=ps.get_tensor_model_parallel_group())
-        local = torch.cat(parts, dim=-1)
+        local = torch.cat(parts, dim=-1)  # [b, s, padded vocab]
     return local[..., :vocab].clone()
 
 
-def _exported(chunks, model_cfg, bucket_bytes: int) -> tuple[dict[str, torch.Tensor], list[int]]:
-    from r1mega.convert import export_hf_tensors
+def peak_extra_bytes(fn) -> tuple[int, object]:
+    """(peak of bytes allocated minus bytes freed while `fn()` runs, its result), from the CPU
+    allocator's events recorded by the torch profiler (allocations and frees on this thread)."""
+    from torch.profiler import ProfilerActivity, profile
 
-    out: dict[str, torch.Tensor] = {}
-    sizes = []
-    for bucket in export_hf_tensors(chunks, bucket_bytes, model_cfg=model_cfg):
-        sizes.append(sum(t.numel() * t.element_size() for _, t in bucket))
-        for name, t in bucket:
-            assert name not in out, f"{name} exported twice"
-            out[name] = t
-        del bucket
-    return out, sizes
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    events = [
+        e for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    ]
+    assert events, "the profiler recorded no memory events: the measurement would be meaningless"
+    current = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak, result
+
+
+def _measure_export(chunks, model_cfg, bucket_bytes: int) -> dict:
+    """Peak extra memory while streaming the model (each bucket dropped before the next), and as a
+    control with every bucket kept; bucket sizes; the largest full megatron tensor."""
+    import torch.distributed as dist
+
+    from r1mega.convert import export_hf_tensors
+    from r1mega.convert.export import export_plan
+
+    plan = export_plan(chunks, model_cfg)
+    sizes: list[int] = []
+
+    # the plan (one all_gather_object of names and shapes) is made once, outside the measurement
+    def streamed():
+        for bucket in export_hf_tensors(chunks, bucket_bytes, model_cfg=model_cfg, plan=plan):
+            sizes.append(sum(t.numel() * t.element_size() for _, t in bucket))
+            del bucket
+
+    def retained():
+        return list(export_hf_tensors(chunks, bucket_bytes, model_cfg=model_cfg, plan=plan))
+
+    dist.barrier()
+    peak_streamed, _ = peak_extra_bytes(streamed)
+    peak_retained, kept = peak_extra_bytes(retained)
+    del kept
+    return {
+        "peak_streamed": peak_streamed,
+        "peak_retained": peak_retained,
+        "bucket_sizes": sizes,
+        "largest_tensor": max(torch.Size(it.full_shape).numel() * it.dtype.itemsize for it in plan),
+        "largest_item": max(it.hf_bytes for it in plan),
+        "model_bytes": sum(it.hf_bytes for it in plan),
+    }
+
+
+@torch.no_grad()
+def _swap_gate_up_in_first_layer(chunks) -> int:
+    """Negative control: exchange the gate and up halves of every fc1 of global layer 0."""
+    from r1mega.convert.live import unwrap
+
+    swapped = 0
+    for chunk in chunks:
+        model = unwrap(chunk)
+        if model.decoder is None or not model.decoder.layers or model.decoder.layers[0].layer_number != 1:
+            continue
+        for name, p in model.decoder.layers[0].named_parameters():
+            if name.endswith("linear_fc1.weight") or ".linear_fc1.weight" in name:
+                half = p.shape[0] // 2
+                p.copy_(torch.cat([p[half:], p[:half]]))
+                swapped += 1
+    return swapped
 
 
 def run_case(
@@ -60,14 +116,15 @@ def run_case(
     layout: dict,
     tokens: torch.Tensor,
     *,
-    bucket_bytes: int = 48 * 1024,
+    bucket_bytes: int = 128 * 1024,
+    control: bool = False,
     seed: int = 1,
 ) -> dict:
     """Load `checkpoint` into megatron at `layout` (ParallelConfig fields), forward, export back."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    from r1mega.convert import load_hf_into_model, model_config_from_hf
+    from r1mega.convert import export_hf_tensors, load_hf_into_model, model_config_from_hf
     from r1mega.models.builder import build_model
     from r1mega.parallel.config import ParallelConfig
     from r1mega.parallel.distributed import init_distributed
@@ -78,28 +135,34 @@ def run_case(
     init_distributed(pcfg, seed=seed)
     try:
         chunks = build_model(model_cfg, pcfg)
-        for c in chunks:  # start from something other than the checkpoint: every tensor must be loaded
-            for p in c.parameters():
-                p.data.fill_(float("nan"))
-            for name, buf in c.named_buffers():
-                if name.endswith("expert_bias"):
-                    buf.fill_(float("nan"))
+        with torch.no_grad():  # start from NaN: a tensor the load misses poisons the logits
+            for c in chunks:
+                for p in c.parameters():
+                    p.fill_(float("nan"))
+                for name, buf in c.named_buffers():
+                    if name.endswith("expert_bias"):
+                        buf.fill_(float("nan"))
         read = load_hf_into_model(chunks, checkpoint, model_cfg=model_cfg)
         logits = _forward_logits(chunks, tokens, model_cfg.vocab_size)
-        exported, sizes = _exported(chunks, model_cfg, bucket_bytes)
-        largest = max(t.numel() * t.element_size() for t in exported.values())
-        return {
+        memory = _measure_export(chunks, model_cfg, bucket_bytes)
+        exported: dict[str, torch.Tensor] = {}
+        for bucket in export_hf_tensors(chunks, bucket_bytes, model_cfg=model_cfg):
+            for name, t in bucket:
+                assert name not in exported, f"{name} exported twice"
+                exported[name] = t
+        result = {
             "rank": dist.get_rank(),
             "layout": layout,
             "logits": logits,
             "differences": bitwise_differences(safetensors_state(checkpoint), exported),
-            "bucket_sizes": sizes,
-            "largest_tensor": largest,
             "bytes_read": read["bytes"],
-            "tp_rank": ps.get_tensor_model_parallel_rank(),
-            "pp_rank": ps.get_pipeline_model_parallel_rank(),
-            "ep_rank": ps.get_expert_model_parallel_rank(),
+            "bucket_bytes": bucket_bytes,
+            **memory,
         }
+        if control:
+            result["swapped"] = _swap_gate_up_in_first_layer(chunks)
+            result["control_logits"] = _forward_logits(chunks, tokens, model_cfg.vocab_size)
+        return result
     finally:
         ps.destroy_model_parallel()
 
@@ -109,80 +172,6 @@ def run_cases(cases: list[dict]) -> list[dict]:
     out = []
     for case in cases:
         result = run_case(case["checkpoint"], case["layout"], case["tokens"], **case.get("kwargs", {}))
-        result["name"] = case["name"]
-        out.append(result)
-    return out
-
-
-def peak_extra_bytes(fn) -> tuple[int, object]:
-    """(peak of bytes allocated minus bytes freed while `fn()` runs, its result), from the CPU
-    allocator's own events recorded by the torch profiler."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        result = fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
-    assert events, "the profiler recorded no memory events: the measurement would be meaningless"
-    current = peak = 0
-    for e in sorted(events, key=lambda e: e.start_ns()):
-        current += e.nbytes()
-        peak = max(peak, current)
-    return peak, result
-
-
-def measure_export_memory(checkpoint: str, layout: dict, bucket_bytes: int, seed: int = 1) -> dict:
-    """Peak extra memory on this rank while streaming the whole model, consumed bucket by bucket
-    (`streamed`) and, as a control, with every bucket kept (`retained`)."""
-    import torch.distributed as dist
-    from megatron.core import parallel_state as ps
-
-    from r1mega.convert import export_hf_tensors, load_hf_into_model, model_config_from_hf
-    from r1mega.convert.export import export_plan
-    from r1mega.models.builder import build_model
-    from r1mega.parallel.config import ParallelConfig
-    from r1mega.parallel.distributed import init_distributed
-
-    model_cfg = model_config_from_hf(checkpoint)
-    pcfg = ParallelConfig(**layout)
-    init_distributed(pcfg, seed=seed)
-    try:
-        chunks = build_model(model_cfg, pcfg)
-        load_hf_into_model(chunks, checkpoint, model_cfg=model_cfg)
-        plan = export_plan(chunks, model_cfg)
-        largest = max(torch.empty(it.full_shape, dtype=it.dtype, device="meta").nbytes for it in plan)
-        total = sum(it.hf_bytes for it in plan)
-
-        def streamed():
-            count = 0
-            for bucket in export_hf_tensors(chunks, bucket_bytes, model_cfg=model_cfg):
-                count += sum(t.numel() * t.element_size() for _, t in bucket)
-                del bucket
-            return count
-
-        def retained():
-            return list(export_hf_tensors(chunks, bucket_bytes, model_cfg=model_cfg))
-
-        dist.barrier()
-        peak_streamed, count = peak_extra_bytes(streamed)
-        dist.barrier()
-        peak_retained, kept = peak_extra_bytes(retained)
-        del kept
-        return {
-            "rank": dist.get_rank(),
-            "peak_streamed": peak_streamed,
-            "peak_retained": peak_retained,
-            "largest_tensor": largest,
-            "total_bytes": total,
-            "exported_bytes": count,
-        }
-    finally:
-        ps.destroy_model_parallel()
-
-
-def measure_cases(cases: list[dict]) -> list[dict]:
-    out = []
-    for case in cases:
-        result = measure_export_memory(case["checkpoint"], case["layout"], case["bucket_bytes"])
         result["name"] = case["name"]
         out.append(result)
     return out

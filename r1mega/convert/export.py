@@ -238,17 +238,21 @@ def export_hf_tensors(
     *,
     model_cfg: ModelConfig,
     names: Optional[str] = None,
+    plan: Optional[list[ExportItem]] = None,
 ) -> Iterator[NamedTensors]:
     """Yield buckets [(hf_name, full HF tensor), ...] of at most `bucket_bytes` each (a tensor
     larger than that comes alone), covering the whole model once, on every rank.
 
     A collective: every rank of the job must call it and consume every bucket. `names` (a regular
     expression on HF names) exports only the matching tensors, with the same collectives skipped on
-    all ranks. See the module docstring for who sends what and the memory bound.
+    all ranks. `plan`: the result of `export_plan` for these chunks, to skip its all_gather_object
+    when syncing the same model repeatedly (every rank must then pass one). See the module
+    docstring for who sends what and the memory bound.
     """
     if bucket_bytes < 1:
         raise ValueError(f"bucket_bytes: must be >= 1, got {bucket_bytes}")
-    plan = export_plan(model_chunks, model_cfg)
+    if plan is None:
+        plan = export_plan(model_chunks, model_cfg)
     if names is not None:
         wanted = re.compile(names)
         plan = [it for it in plan if any(wanted.search(n) for n in it.layout.hf_names)]

@@ -54,7 +54,7 @@ def load_hf_into_model(
     progress: Optional[Callable[[int], None]] = None,
 ) -> dict[str, int]:
     """Copy HF weights (a safetensors directory, an `HFCheckpoint` or a dict of tensors) into this
-    rank's chunks. Returns {"tensors": copied on this rank, "bytes": bytes read on this rank}.
+    rank's chunks. Returns {"tensors": copied on this rank, "bytes": bytes read from the source on this rank}.
 
     `allow_mtp_layers`: DeepSeek-V3 checkpoints carry multi-token-prediction layers
     (model.layers.{num_layers}...); they have no place in the megatron model and are skipped with
@@ -93,11 +93,12 @@ def load_hf_into_model(
                 f"(wrong config or family?): {shown}"
             )
 
-        copied, nbytes, error = 0, 0, None
+        copied, error = 0, None
+        counting = _CountingSource(reader)
         try:
             with torch.no_grad():
                 for t in mine:
-                    value = t.layout.read_shard(reader, t.shard)
+                    value = t.layout.read_shard(counting, t.shard)
                     if tuple(value.shape) != tuple(t.tensor.shape):
                         raise ValueError(
                             f"{t.local_name}: assembled shape {tuple(value.shape)} from {t.hf_names} does not fit "
@@ -110,16 +111,28 @@ def load_hf_into_model(
                     copied += 1
                     if progress is not None:
                         progress(1)
-                    nbytes += value.numel() * value.element_size()
         except ValueError as e:
             error = str(e)
         errors = [e for e in _all_ranks(error) if e]
         if errors:
             raise ValueError(errors[0])
-        return {"tensors": copied, "bytes": nbytes}
+        return {"tensors": copied, "bytes": counting.bytes_read}
     finally:
         if reader is not source:
             reader.close()
+
+
+class _CountingSource:
+    """Counts the bytes actually read from the HF source (padding rows are never read)."""
+
+    def __init__(self, source):
+        self.source = source
+        self.bytes_read = 0
+
+    def read(self, name, expected_shape, index):
+        t = self.source.read(name, expected_shape, index)
+        self.bytes_read += t.numel() * t.element_size()
+        return t
 
 
 def _tied_duplicates_removed(unused: list[str], reader, model_cfg: ModelConfig) -> list[str]:
