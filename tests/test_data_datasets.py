@@ -108,6 +108,8 @@ BAD_ROWS = {
     "bad_metadata": {"prompt": "Q", "answer": "5", "metadata": [1]},
     "bad_answer_type": {"prompt": "Q", "answer": ["5"]},
     "bad_messages": {"messages": [{"role": "wizard", "content": "Q"}], "answer": "5"},
+    "chat_ends_with_reply": {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "5"}],
+                             "answer": "5"},
 }
 REASONS = {
     "bad_json": "bad_json: invalid JSON",
@@ -120,6 +122,7 @@ REASONS = {
     "bad_metadata": "bad_field: metadata 'metadata' must be a mapping",
     "bad_answer_type": "bad_field: answer 'answer' must be a string or a number",
     "bad_messages": "bad_field: messages\\[0\\].role 'wizard'",
+    "chat_ends_with_reply": "template: an RL prompt's chat must not end with an assistant message",
 }
 
 
@@ -137,10 +140,10 @@ def test_skip_counts_every_malformed_row_and_keeps_the_rest(tmp_path, tok, caplo
     assert [ex.reference["answer"] for ex in ds] == ["5", "6"]
     assert ds.report.rows_read == len(kinds) + 2
     assert dict(ds.report.counts) == {
-        "bad_json": 2, "missing_field": 2, "empty_prompt": 1, "too_long": 1, "bad_field": 4,
+        "bad_json": 2, "missing_field": 2, "empty_prompt": 1, "too_long": 1, "bad_field": 4, "template": 1,
     }
     assert ds.report.first[0].startswith(f"{path}:2: ")
-    assert "10 skipped" in caplog.text and f"{path}:3:" in caplog.text  # reported, never silent
+    assert "11 skipped" in caplog.text and f"{path}:3:" in caplog.text  # reported, never silent
 
 
 def test_all_rows_bad_is_an_error_even_when_skipping(tmp_path, tok):

@@ -44,7 +44,7 @@ def test_hung_check_is_killed_scored_zero_and_the_pool_keeps_working():
     ) as pool:
         good = "<think>t</think> <answer>4</answer>"
         samples = [S(good), S(good + " HANG"), S(good)]
-        pool.score([S(good)], [ref("4")])  # workers started (their start is not the check's time)
+        pool.start()  # workers up and ready, so the timing below is the checks' alone
         pids_before = {w.proc.pid for w in pool._workers}
         t0 = time.monotonic()
         out = pool.score(samples, [ref("4")] * 3)
@@ -133,7 +133,7 @@ def test_batch_is_scored_in_parallel_and_in_order():
     with _pool(
         num_workers=workers, weights={"idx": 1.0}, custom={"idx": "tests._reward_fns:sleepy_index"}
     ) as pool:
-        pool.score([S("sample 0")], [ref("0")])  # start the workers
+        pool.start()
         t0 = time.monotonic()
         out = pool.score([S(f"sample {i}") for i in range(n)], [ref("0")] * n)
         elapsed = time.monotonic() - t0

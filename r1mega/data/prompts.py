@@ -69,6 +69,9 @@ def build_prompt_examples(
         require_chat_template(tokenizer)  # a tokenizer problem, not a row problem: fail before any row
     rendered: list[tuple[Row, str]] = []
     for row in rows:
+        if row.messages is not None and row.messages[-1]["role"] == "assistant":
+            report.add(row.location, RowError("template", "an RL prompt's chat must not end with an assistant message"))
+            continue
         try:
             text = render_prompt(
                 template=cfg.template,

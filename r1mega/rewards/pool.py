@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing as mp
+import threading
 import multiprocessing.connection as mpc
 import time
 import traceback
@@ -107,12 +108,32 @@ class RewardPool:
         self._ctx = _context() if cfg.num_workers > 0 else None
         self._finalizer = weakref.finalize(self, _shutdown, self._workers)
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._lock = threading.Lock()  # one batch at a time (score_async runs score in a thread)
+
+    def start(self) -> "RewardPool":
+        """Start the workers now and wait until they are ready (otherwise the first `score` does)."""
+        if self.cfg.num_workers == 0:
+            return self
+        with self._lock:
+            while len(self._workers) < self.cfg.num_workers:
+                self._spawn()
+            try:
+                while not all(w.ready for w in self._workers):
+                    self._wait_and_handle(deque(), [])
+            except BaseException:
+                _shutdown(self._workers)
+                raise
+        return self
 
     # ------------------------------------------------------------------------------------------
     def score(self, samples: Sequence[Any], references: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
         """One dict per sample, in order: `reward` (the weighted total) and every component's value."""
         if len(samples) != len(references):
             raise ValueError(f"score: {len(samples)} samples but {len(references)} references")
+        with self._lock:
+            return self._score(samples, references)
+
+    def _score(self, samples: Sequence[Any], references: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
         self.last_stats = Counter()
         views = [SampleView.of(s) for s in samples]
         if self.cfg.num_workers == 0:
