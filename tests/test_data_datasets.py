@@ -87,9 +87,10 @@ def test_chat_template_and_its_absence(tok, tmp_path):
 
 
 def test_r1_zero_takes_only_a_single_user_message():
-    assert render_prompt(template="r1_zero", messages=[{"role": "user", "content": "Q"}]).endswith("User: Q. Assistant:")
+    user = {"role": "user", "content": "Q"}
+    assert render_prompt(template="r1_zero", messages=[user]).endswith("User: Q. Assistant:")
     with pytest.raises(TemplateError, match=r"roles \['system', 'user'\]"):
-        render_prompt(template="r1_zero", messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "Q"}])
+        render_prompt(template="r1_zero", messages=[{"role": "system", "content": "s"}, user])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +268,8 @@ def test_sft_chat_template_that_rewrites_history_is_a_row_error(tmp_path, tok):
         "{% else %}Bot: {{ m['content'] }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
     )
     (d / "tokenizer_config.json").write_text(json.dumps(cfg))
-    path = _jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}])
+    chat = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    path = _jsonl(tmp_path / "d.jsonl", [{"messages": chat}])
     with pytest.raises(DataError, match=rf"{path}:1: template: .* does not start with"):
         load_sft_dataset(_files_cfg(path, template="chat"), "train", load_tokenizer(d))
 

@@ -115,7 +115,7 @@ def test_pool_matches_in_process_scoring_on_a_mixed_batch():
         ("<think>1+2=3</think> <answer>1,281</answer>", ref("1281", "arithmetic")),
         ("nothing", ref("1")),
     ]
-    for i in range(4):  # a batch bigger than the pool, so workers take several jobs each
+    for _ in range(4):  # a batch bigger than the pool, so workers take several jobs each
         for text, r in texts:
             samples.append(S(text))
             refs.append(r)

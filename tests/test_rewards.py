@@ -328,7 +328,7 @@ def test_bad_import_paths_fail_at_construction():
     "raw, message",
     [
         ({"weights": {"acuracy": 1.0}}, r"rewards.weights.acuracy: unknown component"),
-        ({"weights": {"x": 1.0}, "custom": {"x": "not a path"}}, r"rewards.custom.x: 'not a path' is not an import path"),
+        ({"weights": {"x": 1.0}, "custom": {"x": "not a path"}}, r"rewards.custom.x: 'not a path' is not an import"),
         ({"weights": {"format": 1.0}, "custom": {"x": "a.b:c"}}, r"rewards.custom.x: defined but has no weight"),
         ({"custom": {"format": "a:b"}}, r"rewards.custom.format: 'format' is a built-in"),
         ({"timeout_s": 0}, r"rewards.timeout_s: must be > 0"),
@@ -351,3 +351,21 @@ def test_check_tasks_names_tasks_without_accuracy():
 def test_score_rejects_mismatched_lengths():
     with _inline() as pool, pytest.raises(ValueError, match="2 samples but 1 references"):
         pool.score([S("a"), S("b")], [ref("4")])
+
+
+def test_rollout_samples_are_scored_through_a_torch_free_view():
+    import torch
+
+    from r1mega.rollout.types import Sample
+
+    sample = Sample(
+        prompt_token_ids=[1, 2, 3], response_token_ids=[4, 5], response_logprobs=[-0.1, -0.2],
+        finish_reason="stop", response_text="<think>t</think> <answer>4</answer>",
+        metadata={"engine": "builtin", "routing": torch.ones(2)},
+    )
+    view = SampleView.of(sample)
+    assert view.response_text == sample.response_text and view.response_length == 2
+    assert view.prompt_token_ids == [1, 2, 3] and view.response_logprobs == [-0.1, -0.2]
+    assert view.metadata == {"engine": "builtin"}  # the tensor stays behind
+    with _inline() as pool:
+        assert pool.score([sample], [ref("4")])[0]["reward"] == 2.0

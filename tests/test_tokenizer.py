@@ -32,12 +32,16 @@ def test_rebuild_is_byte_identical_to_the_shipped_files():
 
 
 def test_fits_the_tiny_model_vocabulary(tiny):
-    model = yaml.safe_load(open("examples/configs/models/tiny_qwen2.yaml"))
+    with open("examples/configs/models/tiny_qwen2.yaml") as f:
+        model = yaml.safe_load(f)
     assert len(tiny) == 512 <= model["vocab_size"]
     assert max(tiny.get_vocab().values()) == len(tiny) - 1
 
 
 def test_special_tokens_and_tags(tiny):
+    from transformers import PreTrainedTokenizerFast
+
+    assert isinstance(tiny, PreTrainedTokenizerFast)
     assert tiny.eos_token == EOS_TOKEN and tiny.pad_token == PAD_TOKEN
     assert tiny.eos_token_id is not None and tiny.pad_token_id is not None
     assert tiny.eos_token_id != tiny.pad_token_id

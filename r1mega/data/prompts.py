@@ -91,7 +91,7 @@ def build_prompt_examples(
     add_special = cfg.template != "chat"
     all_ids = tokenizer([t for _, t in rendered], add_special_tokens=add_special)["input_ids"]
     examples = []
-    for (row, text), ids in zip(rendered, all_ids):
+    for (row, text), ids in zip(rendered, all_ids, strict=True):
         if len(ids) > cfg.max_prompt_tokens:
             report.add(
                 row.location,

@@ -111,20 +111,19 @@ def build_sft_examples(rows: list[Row], tokenizer: Any, cfg: DataConfig, report:
     response_ids = tokenizer([r for _, _, r in pairs], add_special_tokens=False)["input_ids"]
     eos = [] if cfg.template == "chat" else [tokenizer.eos_token_id]
     examples = []
-    for (row, _, _), p_ids, r_ids in zip(pairs, prompt_ids, response_ids):
+    for (row, _, _), p_ids, r_ids in zip(pairs, prompt_ids, response_ids, strict=True):
         r_ids = list(r_ids) + eos
         if not r_ids:
             report.add(row.location, RowError("missing_field", "the response is empty after tokenization"))
             continue
         n = len(p_ids) + len(r_ids)
         if n > cfg.max_sft_tokens:
-            report.add(row.location, RowError("too_long", f"example has {n} tokens > data.max_sft_tokens={cfg.max_sft_tokens}"))
+            detail = f"example has {n} tokens > data.max_sft_tokens={cfg.max_sft_tokens}"
+            report.add(row.location, RowError("too_long", detail))
             continue
         if len(p_ids) > cfg.max_prompt_tokens:
-            report.add(
-                row.location,
-                RowError("too_long", f"prompt has {len(p_ids)} tokens > data.max_prompt_tokens={cfg.max_prompt_tokens}"),
-            )
+            detail = f"prompt has {len(p_ids)} tokens > data.max_prompt_tokens={cfg.max_prompt_tokens}"
+            report.add(row.location, RowError("too_long", detail))
             continue
         examples.append(SFTExample(list(p_ids) + r_ids, [0] * len(p_ids) + [1] * len(r_ids), row.location))
     return examples

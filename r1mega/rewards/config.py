@@ -33,7 +33,8 @@ class RewardConfig:
     boxed_fallback: bool = True
     """Accuracy reads the last `\\boxed{}` outside the reasoning when there is no <answer> block."""
     num_workers: int = 4
-    """Reward worker processes. 0 scores in the calling process without any timeout (debugging)."""
+    """Reward worker processes per training process (each rank scores its own samples). 0 scores in
+    the calling process without any timeout (debugging only)."""
     timeout_s: float = 10.0
     """Hard limit per check (one component of one sample): a check still running is killed together
     with its worker process, scores 0 and is counted; a fresh worker takes its place."""

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing as mp
-import threading
 import multiprocessing.connection as mpc
+import threading
 import time
 import traceback
 import weakref
@@ -137,7 +137,8 @@ class RewardPool:
         self.last_stats = Counter()
         views = [SampleView.of(s) for s in samples]
         if self.cfg.num_workers == 0:
-            values = [self._score_inline(i, v, r) for i, (v, r) in enumerate(zip(views, references))]
+            pairs = enumerate(zip(views, references, strict=True))
+            values = [self._score_inline(i, v, r) for i, (v, r) in pairs]
         else:
             values = self._score_in_workers(views, list(references))
         self.stats.update(self.last_stats)
@@ -196,7 +197,8 @@ class RewardPool:
         while len(self._workers) < self.cfg.num_workers:
             self._spawn()
         results: list[dict[str, float]] = [{} for _ in views]
-        queue = deque(_Job(i, v, r, list(self.suite.names)) for i, (v, r) in enumerate(zip(views, references)))
+        pairs = enumerate(zip(views, references, strict=True))
+        queue = deque(_Job(i, v, r, list(self.suite.names)) for i, (v, r) in pairs)
         try:
             while queue or any(w.job is not None for w in self._workers):
                 self._assign(queue)

@@ -60,7 +60,7 @@ def solve_steps(operands: list[int], ops: list[str], slip_at: int | None = None,
     # Pass 1: products, left to right.
     values = [operands[0]]
     rest_ops: list[str] = []
-    for op, b in zip(ops, operands[1:]):
+    for op, b in zip(ops, operands[1:], strict=True):
         if op == "*":
             values[-1] = do(values[-1], "*", b)
         else:
@@ -68,7 +68,7 @@ def solve_steps(operands: list[int], ops: list[str], slip_at: int | None = None,
             values.append(b)
     # Pass 2: sums and differences, left to right.
     acc = values[0]
-    for op, b in zip(rest_ops, values[1:]):
+    for op, b in zip(rest_ops, values[1:], strict=True):
         acc = do(acc, op, b)
     if not lines:  # a lone operand never happens (>= 2 operands), kept as an invariant
         raise AssertionError("an arithmetic problem needs at least one operation")
@@ -122,7 +122,7 @@ def sample_problem(rng: random.Random, knobs: ArithmeticConfig) -> TaskExample:
     n = rng.randint(knobs.min_operands, knobs.max_operands)
     operands = [_operand(rng, rng.randint(knobs.min_digits, knobs.max_digits)) for _ in range(n)]
     ops = [rng.choice(knobs.operators) for _ in range(n - 1)]
-    expr = str(operands[0]) + "".join(op + str(b) for op, b in zip(ops, operands[1:]))
+    expr = str(operands[0]) + "".join(op + str(b) for op, b in zip(ops, operands[1:], strict=True))
     steps, value = solve_steps(operands, ops)
     return TaskExample(
         task=TASK,
