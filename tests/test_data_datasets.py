@@ -147,6 +147,15 @@ def test_skip_counts_every_malformed_row_and_keeps_the_rest(tmp_path, tok, caplo
     assert "11 skipped" in caplog.text and f"{path}:3:" in caplog.text  # reported, never silent
 
 
+def test_invalid_utf8_spoils_only_its_line(tmp_path, tok):
+    path = tmp_path / "d.jsonl"
+    good = json.dumps(GOOD).encode()
+    path.write_bytes(good + b"\n" + b'{"prompt": "\xff\xfe", "answer": "1"}\n' + good)
+    with pytest.raises(DataError, match=rf"{path}:2: bad_json: not valid UTF-8"):
+        load_prompt_dataset(_files_cfg(path), "train", tok)
+    assert len(load_prompt_dataset(_files_cfg(path, on_error="skip"), "train", tok)) == 2
+
+
 def test_all_rows_bad_is_an_error_even_when_skipping(tmp_path, tok):
     path = _jsonl(tmp_path / "d.jsonl", [BAD_ROWS["missing_answer"]] * 3)
     with pytest.raises(DataError, match="no usable rows"):

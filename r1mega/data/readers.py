@@ -38,16 +38,22 @@ def read_records(path: str | os.PathLike) -> Iterator[RawRecord]:
 
 
 def _read_json(p: Path) -> Iterator[RawRecord]:
-    with open(p, encoding="utf-8") as f:
+    with open(p, "rb") as f:
         head = f.read(4096).lstrip()
-    if head.startswith("["):
+    if head.startswith(b"["):
         yield from _read_json_array(p)
         return
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    # Binary lines, decoded one by one: a stray invalid byte spoils its own line, not the file.
+    with open(p, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            loc = f"{p}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield RawRecord(loc, None, RowError("bad_json", f"not valid UTF-8 (byte {e.start})"))
+                continue
             if not line.strip():
                 continue  # blank lines (e.g. a trailing newline) are not rows
-            loc = f"{p}:{lineno}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
@@ -61,7 +67,9 @@ def _read_json(p: Path) -> Iterator[RawRecord]:
 
 def _read_json_array(p: Path) -> Iterator[RawRecord]:
     try:
-        items = json.loads(p.read_text(encoding="utf-8"))
+        items = json.loads(p.read_bytes())
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not valid UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
         # One broken array spoils the whole file: there are no rows to skip to.
         raise DataError(f"{p}:{e.lineno}: invalid JSON array ({e.msg} at column {e.colno})") from None
