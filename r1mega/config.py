@@ -22,11 +22,13 @@ from r1mega.configlib import (
     strip_internal,
     to_dict,
 )
+from r1mega.data.config import DataConfig
 from r1mega.models.config import ModelConfig
 from r1mega.parallel.config import ParallelConfig
 from r1mega.rollout.config import RolloutConfig
+from r1mega.rewards.config import RewardConfig
 
-__all__ = ["Config", "RunConfig", "RolloutConfig", "ConfigError", "load_config", "save_config"]
+__all__ = ["Config", "RunConfig", "DataConfig", "RewardConfig", "RolloutConfig", "ConfigError", "load_config", "save_config"]
 
 
 @dataclass(kw_only=True)
@@ -51,9 +53,16 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     run: RunConfig = field(default_factory=RunConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rewards: RewardConfig = field(default_factory=RewardConfig)
 
     def validate(self) -> None:
         self.parallel.check_model(self.model)
+        if self.data.max_prompt_tokens >= self.model.max_position_embeddings:
+            raise ConfigError(
+                f"data.max_prompt_tokens: {self.data.max_prompt_tokens} leaves no room to generate within "
+                f"model.max_position_embeddings={self.model.max_position_embeddings}"
+            )
 
     def check_layout(self, world_size: int) -> None:
         """World-size dependent checks, called once torch.distributed knows the world size."""
