@@ -54,6 +54,11 @@ class Config:
 
     def validate(self) -> None:
         self.parallel.check_model(self.model)
+        if self.parallel.use_distributed_optimizer and self.optimizer.name != "adam":
+            raise ConfigError(
+                "optimizer.name: megatron's distributed optimizer supports adam only "
+                f"(got {self.optimizer.name!r}; or set parallel.use_distributed_optimizer=false)"
+            )
 
     def check_layout(self, world_size: int) -> None:
         """World-size dependent checks, called once torch.distributed knows the world size."""

@@ -58,6 +58,8 @@ def build_optimizer(cfg: OptimizerConfig, model_chunks: list, parallel_cfg: Para
     from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
     from megatron.core.optimizer import get_megatron_optimizer
 
+    if parallel_cfg.use_distributed_optimizer and cfg.name != "adam":
+        raise ValueError("megatron's distributed optimizer supports adam only")
     tcfg = model_chunks[0].config
     mcfg = MegatronOptimizerConfig(
         optimizer=cfg.name,
