@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 
 
 def optimizer_steps(model_yaml: str, cases: list[dict], *, n_microbatches: int = 4, mbs: int = 2, seq: int = 16, seed: int = 7) -> list[dict]:
