@@ -25,10 +25,15 @@ from r1mega.configlib import (
 from r1mega.data.config import DataConfig
 from r1mega.models.config import ModelConfig
 from r1mega.parallel.config import ParallelConfig
-from r1mega.rollout.config import RolloutConfig
-from r1mega.rewards.config import RewardConfig
+from r1mega.training.optimizer import OptimizerConfig
 
-__all__ = ["Config", "RunConfig", "DataConfig", "RewardConfig", "RolloutConfig", "ConfigError", "load_config", "save_config"]
+from r1mega.rewards.config import RewardConfig
+from r1mega.rollout.config import RolloutConfig
+
+__all__ = [
+    "Config", "RunConfig", "OptimizerConfig", "DataConfig", "RewardConfig", "RolloutConfig",
+    "ConfigError", "load_config", "save_config",
+]
 
 
 @dataclass(kw_only=True)
@@ -52,15 +57,26 @@ class Config:
     model: ModelConfig
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rewards: RewardConfig = field(default_factory=RewardConfig)
 
     def validate(self) -> None:
         self.parallel.check_model(self.model)
-        if self.data.max_prompt_tokens >= self.model.max_position_embeddings:
+        if self.parallel.use_distributed_optimizer and self.optimizer.name != "adam":
             raise ConfigError(
-                f"data.max_prompt_tokens: {self.data.max_prompt_tokens} leaves no room to generate within "
+                "optimizer.name: megatron's distributed optimizer supports adam only "
+                f"(got {self.optimizer.name!r}; or set parallel.use_distributed_optimizer=false)"
+            )
+
+    def check_sequence_budget(self) -> None:
+        """Prompt + generated tokens must fit the model's positions; called by stages that generate."""
+        longest = self.data.max_prompt_tokens + self.rollout.max_new_tokens
+        if longest > self.model.max_position_embeddings:
+            raise ConfigError(
+                f"data.max_prompt_tokens + rollout.max_new_tokens = {self.data.max_prompt_tokens} + "
+                f"{self.rollout.max_new_tokens} = {longest} exceeds "
                 f"model.max_position_embeddings={self.model.max_position_embeddings}"
             )
 

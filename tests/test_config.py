@@ -78,6 +78,7 @@ def test_experts_not_divisible_by_ep(tmp_path):
               ffn_hidden_size: 128
               num_attention_heads: 4
               vocab_size: 256
+              qk_layernorm: true
               num_experts: 6
               moe_ffn_hidden_size: 32
             parallel:

@@ -366,8 +366,12 @@ def test_existing_configs_load_with_data_and_reward_defaults():
     cfg = load_config("examples/configs/tiny.yaml")
     assert cfg.data.source == "procedural" and cfg.data.tokenizer == "tiny"
     assert cfg.rewards.weights == {"accuracy": 1.0, "format": 1.0, "language": 0.0}
-    with pytest.raises(ConfigError, match=r"data.max_prompt_tokens: 512 leaves no room"):
-        load_config("examples/configs/tiny.yaml", ["data.max_prompt_tokens=512"])
+    # generating stages check that prompt + response fit the model's positions (512 for tiny_qwen2)
+    fits = load_config("examples/configs/tiny.yaml", ["data.max_prompt_tokens=256", "rollout.max_new_tokens=256"])
+    fits.check_sequence_budget()
+    too_long = load_config("examples/configs/tiny.yaml", ["data.max_prompt_tokens=300", "rollout.max_new_tokens=256"])
+    with pytest.raises(ConfigError, match=r"300 \+ 256 = 556 exceeds model.max_position_embeddings=512"):
+        too_long.check_sequence_budget()
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])

@@ -22,7 +22,7 @@ class ParallelConfig:
     ep: int = 1
     """Expert model parallel size (MoE models): experts are split over it."""
     etp: Optional[int] = None
-    """Expert tensor parallel size; None = 1 (experts are not TP-split), megatron's MoE default."""
+    """Expert tensor parallel size; None = tp (megatron-core's default). etp < tp needs ep > 1."""
     cp: int = 1
     """Context parallel size: the sequence is split over it (needs transformer-engine attention)."""
     sequence_parallel: bool = False
@@ -47,12 +47,20 @@ class ParallelConfig:
                 raise ConfigError("vpp: virtual pipeline stages need pp > 1")
         if self.etp is not None and self.etp < 1:
             raise ConfigError(f"etp: must be >= 1, got {self.etp}")
+        if self.ep == 1 and self.expert_tp != self.tp:
+            # with ep == 1 megatron's DDP treats expert weights as dense parameters and reduces
+            # them over the dense DP group only, while etp < tp gives each TP rank its own tokens
+            # on a full expert copy: the expert gradients would miss the other TP ranks' tokens
+            raise ConfigError(
+                f"etp: {self.etp} differs from tp={self.tp} with ep=1; megatron-core reduces expert "
+                "gradients correctly only with etp == tp when experts are not expert-parallel"
+            )
         if self.sequence_parallel and self.tp == 1:
             raise ConfigError("sequence_parallel: needs tp > 1 (it splits the sequence over the TP group)")
 
     @property
     def expert_tp(self) -> int:
-        return 1 if self.etp is None else self.etp
+        return self.tp if self.etp is None else self.etp
 
     @property
     def model_parallel_size(self) -> int:
@@ -95,6 +103,12 @@ class ParallelConfig:
         if model.num_experts and model.num_experts % self.ep:
             raise ConfigError(
                 f"parallel.ep: model.num_experts={model.num_experts} is not divisible by ep={self.ep}"
+            )
+        has_moe_layers = bool(model.num_experts) and model.moe_first_k_dense < model.num_layers
+        if has_moe_layers and self.tp > 1 and not self.sequence_parallel:
+            raise ConfigError(
+                "parallel.sequence_parallel: megatron-core requires sequence parallelism for MoE "
+                f"layers with tp={self.tp} > 1 (set it true)"
             )
         stages = self.pp * (self.vpp or 1)
         if model.num_layers % stages:

@@ -1,0 +1,79 @@
+"""The optimizer config section and megatron's optimizer (Adam/SGD, distributed, grad clipping).
+
+`build_optimizer(cfg, model_chunks, parallel_cfg)` takes the DDP-wrapped chunks
+(r1mega/training/megatron_step.py:wrap_with_ddp) and returns megatron's MegatronOptimizer: its
+`step()` clips gradients by global norm (over every parallel group), steps, and, with the
+distributed optimizer, gathers the updated parameter shards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from r1mega.configlib import ConfigError
+from r1mega.parallel.config import ParallelConfig
+
+__all__ = ["OptimizerConfig", "build_optimizer"]
+
+
+@dataclass(kw_only=True)
+class OptimizerConfig:
+    name: Literal["adam", "sgd"] = "adam"
+    """Adam (decoupled weight decay, i.e. AdamW) or SGD with momentum."""
+    lr: float = 1e-6
+    """Peak learning rate (R1-Zero used 3e-6; the tiny default trains faster)."""
+    min_lr: float = 0.0
+    """Floor of the learning-rate schedule."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay; megatron exempts biases and norm weights."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    """0.95 rather than 0.999: the usual choice for LLM training stability."""
+    adam_eps: float = 1e-8
+    sgd_momentum: float = 0.9
+    clip_grad: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"min_lr: must be in [0, lr={self.lr}], got {self.min_lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
+        for name in ("adam_beta1", "adam_beta2", "sgd_momentum"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be in [0, 1), got {getattr(self, name)}")
+        if self.adam_eps <= 0:
+            raise ConfigError(f"adam_eps: must be > 0, got {self.adam_eps}")
+        if self.clip_grad < 0:
+            raise ConfigError(f"clip_grad: must be >= 0 (0 = off), got {self.clip_grad}")
+
+
+def build_optimizer(cfg: OptimizerConfig, model_chunks: list, parallel_cfg: ParallelConfig):
+    """megatron's optimizer over DDP-wrapped chunks; distributed (ZeRO-1) per `parallel_cfg`."""
+    from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
+    from megatron.core.optimizer import get_megatron_optimizer
+
+    if parallel_cfg.use_distributed_optimizer and cfg.name != "adam":
+        raise ValueError("megatron's distributed optimizer supports adam only")
+    tcfg = model_chunks[0].config
+    mcfg = MegatronOptimizerConfig(
+        optimizer=cfg.name,
+        lr=cfg.lr,
+        min_lr=cfg.min_lr,
+        weight_decay=cfg.weight_decay,
+        adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2,
+        adam_eps=cfg.adam_eps,
+        sgd_momentum=cfg.sgd_momentum,
+        clip_grad=cfg.clip_grad,
+        use_distributed_optimizer=parallel_cfg.use_distributed_optimizer,
+        bf16=tcfg.params_dtype == torch.bfloat16,
+        fp16=tcfg.params_dtype == torch.float16,
+        params_dtype=tcfg.params_dtype,
+    )
+    return get_megatron_optimizer(mcfg, model_chunks)
