@@ -94,7 +94,7 @@ def _stats_rows(h, weight, t, inv_temp, n_cols, need_entropy, cdt):
         delta = m - m_new  # [rows]; -inf on the first chunk, where s = 0
         alpha = torch.exp(delta)
         z.sub_(m_new.unsqueeze(1))  # z - m_new <= 0
-        p = torch.exp(z)
+        p = torch.exp(z) if need_entropy else z.exp_()  # z is still needed for u
         if need_entropy:
             # u' = alpha (u + (m - m') s) + sum p (z - m'), with the first-chunk 0 * -inf avoided
             shift = torch.where(s > 0, delta, torch.zeros_like(delta))  # s = 0 on the first chunk
@@ -157,13 +157,13 @@ def _backward_rows(h, weight, t, lse, ez, g_lp, g_ent, inv_temp, n_cols, cdt, gh
         w = weight[c0:c1].to(cdt)  # [C, H]
         z = torch.mm(h, w.t())  # [rows, C] recomputed logits
         z.mul_(inv_temp)
-        p = torch.exp(z - lse.unsqueeze(1))
         if g_ent is not None:
+            p = torch.sub(z, lse.unsqueeze(1)).exp_()
             # coef = g_lp + g_ent (z - E[z]);  dz = -p * coef  (+ g_lp at the target)
             z.sub_(ez.unsqueeze(1)).mul_(g_ent.unsqueeze(1)).add_(g_lp.unsqueeze(1))
             dz = p.mul_(z).neg_()
         else:
-            dz = p.mul_(g_lp.unsqueeze(1)).neg_()
+            dz = z.sub_(lse.unsqueeze(1)).exp_().mul_(g_lp.unsqueeze(1)).neg_()  # -p g_lp, in place
         hit = ((t >= c0) & (t < c1)).nonzero().squeeze(1)
         if hit.numel():
             dz[hit, t[hit] - c0] += g_lp[hit]
