@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from r1mega.kernels.dispatch import triton_interpreting
+from r1mega.kernels._triton_util import check_launchable
 
 __all__ = [
     "LogprobTiling",
@@ -133,17 +133,6 @@ def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 4  # interpreter: a few splits, so the split merge is exercised
-
-
-def _check_launchable(t: torch.Tensor) -> None:
-    """CPU tensors can only go through the interpreter; say so instead of crashing in a launch."""
-    if t.is_cuda:
-        return
-    if not triton_interpreting() or not isinstance(_logprob_stats_kernel, _InterpretedTypes):
-        raise ValueError(
-            "r1mega.kernels: Triton kernels on CPU tensors need TRITON_INTERPRET=1 set before "
-            "r1mega.kernels.logprob_triton is first imported (inputs are on the CPU)"
-        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -322,12 +311,6 @@ def _matmul_kernel(
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
 
 
-try:  # the interpreter wraps jit functions in its own type
-    from triton.runtime.interpreter import InterpretedFunction as _InterpretedTypes
-except ImportError:  # pragma: no cover - layout of older/newer triton
-    _InterpretedTypes = ()
-
-
 # ------------------------------------------------------------------------------------------------
 # Launchers
 # ------------------------------------------------------------------------------------------------
@@ -372,7 +355,7 @@ def forward_stats(
     """
     from r1mega.kernels.vocab_parallel import merge_split_stats
 
-    _check_launchable(hidden)
+    check_launchable(hidden, _logprob_stats_kernel)
     n, hdim = hidden.shape
     dev = hidden.device
     if n_cols == 0 or n == 0:
@@ -418,7 +401,7 @@ def backward(
     need_grad_w: bool,
 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Local (grad_hidden fp32 [N, H], grad_weight in weight's dtype); see the module docstring."""
-    _check_launchable(hidden)
+    check_launchable(hidden, _logprob_stats_kernel)
     n, hdim = hidden.shape
     dev = hidden.device
     grad_h = torch.zeros((n, hdim), dtype=torch.float32, device=dev) if need_grad_h else None
