@@ -185,7 +185,7 @@ def _validate_inputs(logp, advantages, mask, old_logp, ref_logp, rollout_logp, e
         raise ValueError(f"policy_loss: entropy_coef={opts.entropy_coef} needs the entropy input")
     if not logp.is_floating_point():
         raise ValueError(f"policy_loss: logp must be floating point, got {logp.dtype}")
-    return mask.to(torch.float32) if mask.dtype != torch.float32 else mask
+    return mask if mask.is_floating_point() else mask.to(torch.float32)
 
 
 def sequence_scale(mask: torch.Tensor, opts: PolicyLossOptions, global_denominator: Optional[float]) -> torch.Tensor:
