@@ -62,17 +62,21 @@ def forward_stats(
             s[rows] = 0.0
         return m, s, u, zt
     with torch.no_grad():
-        h_act = hidden.index_select(0, rows).to(cdt)  # [n_active, H]
-        t_act = t_local.index_select(0, rows)
+        h_act, t_act = _active_rows(hidden, t_local, rows, cdt)
         outs = [_stats_rows(h_act[r0 : r0 + TOKEN_CHUNK], weight, t_act[r0 : r0 + TOKEN_CHUNK],
                             inv_temp, n_cols, need_entropy, cdt)
                 for r0 in range(0, rows.numel(), TOKEN_CHUNK)]
-        m[rows] = torch.cat([o[0] for o in outs])
-        s[rows] = torch.cat([o[1] for o in outs])
-        zt[rows] = torch.cat([o[3] for o in outs])
-        if need_entropy:
-            u[rows] = torch.cat([o[2] for o in outs])
+        for dst, k in ((m, 0), (s, 1), (u, 2), (zt, 3)):
+            if dst is not None:
+                dst.index_copy_(0, rows, torch.cat([o[k] for o in outs]))
     return m, s, u, zt
+
+
+def _active_rows(hidden, t_local, rows, cdt):
+    """Hidden rows [n_active, H] in the compute dtype and their targets; no copy when all are active."""
+    if rows.numel() == hidden.shape[0]:
+        return hidden.to(cdt), t_local
+    return hidden.index_select(0, rows).to(cdt), t_local.index_select(0, rows)
 
 
 def _stats_rows(h, weight, t, inv_temp, n_cols, need_entropy, cdt):
@@ -101,6 +105,7 @@ def _stats_rows(h, weight, t, inv_temp, n_cols, need_entropy, cdt):
             u = alpha * (u + shift * s) + torch.einsum("ij,ij->i", p, z)
         s = alpha * s + p.sum(dim=1)
         m = m_new
+        del z, p  # free this block before the next chunk's matmul allocates its own
     return m, s, u, zt
 
 
@@ -132,8 +137,9 @@ def backward(
     rows = valid.nonzero().squeeze(1)
     if rows.numel() and n_cols:
         with torch.no_grad():
-            h_act = hidden.index_select(0, rows).to(cdt)  # [n_active, H]
-            gh_act = torch.zeros_like(h_act) if need_grad_h else None
+            h_act, _ = _active_rows(hidden, t_local, rows, cdt)  # [n_active, H]
+            all_rows = rows.numel() == n
+            gh_act = (grad_h if all_rows else torch.zeros_like(h_act)) if need_grad_h else None
             for r0 in range(0, rows.numel(), TOKEN_CHUNK):
                 sl = slice(r0, r0 + TOKEN_CHUNK)
                 idx = rows[sl]
@@ -142,7 +148,7 @@ def backward(
                     g_lp[idx], None if g_ent is None else g_ent[idx], inv_temp, n_cols, cdt,
                     None if gh_act is None else gh_act[sl], grad_w,
                 )
-            if need_grad_h:
+            if need_grad_h and not all_rows:
                 grad_h.index_copy_(0, rows, gh_act)
     if grad_w is not None:
         grad_w = grad_w.to(weight.dtype)
@@ -162,6 +168,7 @@ def _backward_rows(h, weight, t, lse, ez, g_lp, g_ent, inv_temp, n_cols, cdt, gh
             # coef = g_lp + g_ent (z - E[z]);  dz = -p * coef  (+ g_lp at the target)
             z.sub_(ez.unsqueeze(1)).mul_(g_ent.unsqueeze(1)).add_(g_lp.unsqueeze(1))
             dz = p.mul_(z).neg_()
+            del p
         else:
             dz = z.sub_(lse.unsqueeze(1)).exp_().mul_(g_lp.unsqueeze(1)).neg_()  # -p g_lp, in place
         hit = ((t >= c0) & (t < c1)).nonzero().squeeze(1)
@@ -172,3 +179,4 @@ def _backward_rows(h, weight, t, lse, ez, g_lp, g_ent, inv_temp, n_cols, cdt, gh
             gh.addmm_(dz, w)
         if gw is not None:
             gw[c0:c1].addmm_(dz.t(), h)
+        del z, dz  # as in the forward: one block alive at a time
