@@ -60,6 +60,8 @@ def _make_call(impl: str, mode: str, hidden, weight, targets):
                 out = naive_logprob(h, w, targets)
             else:
                 out = liger(w, h, targets)
+                if not isinstance(out, torch.Tensor):  # newer Liger may return an output record
+                    out = getattr(out, "loss", None) if hasattr(out, "loss") else out[0]
             if need_grad:
                 out.sum().backward()
         return [out] + ([h.grad, w.grad] if need_grad else [])
