@@ -4,10 +4,13 @@ CUDA: `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`, minus w
 before the call.
 
 CPU: torch's CPU allocator has no peak counter, so the call runs once under `torch.profiler` with
-`profile_memory=True`; every allocation and free through torch's allocator is a "[memory]" event
-carrying the running "Total Allocated" since the profiler started, and the peak is its maximum.
-Scratch memory that libraries allocate outside torch (oneDNN/MKL workspaces) is not seen; tensors,
-which are what a [tokens, vocab] buffer would be, all are.
+`profile_memory=True`, which records every allocation and free through torch's allocator as a
+"[memory]" event (address, signed size). The peak is that of the running sum over allocations made
+inside the window (a free counts only if its block was allocated in the window). The events' own
+"Total Allocated" field is not used: it keeps blocks allocated under an earlier profiler and freed
+outside one, so it drifts upward across measurements in one process. Scratch memory that
+libraries allocate outside torch (oneDNN/MKL workspaces) is not seen; tensors, which is what a
+[tokens, vocab] buffer would be, all are.
 """
 
 from __future__ import annotations
@@ -36,12 +39,19 @@ def cpu_peak_bytes(fn: Callable[[], object]) -> int:
             events = json.load(f)["traceEvents"]
     finally:
         os.unlink(path)
-    totals = [
-        e["args"]["Total Allocated"]
-        for e in events
-        if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0
-    ]
-    return max([0] + totals)
+    mem = [e for e in events if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0]
+    mem.sort(key=lambda e: (e["ts"], e["args"].get("Ev Idx", 0)))
+    live: dict[int, int] = {}
+    current = peak = 0
+    for e in mem:
+        size, addr = int(e["args"]["Bytes"]), int(e["args"]["Addr"])
+        if size > 0:
+            live[addr] = live.get(addr, 0) + size
+            current += size
+            peak = max(peak, current)
+        elif addr in live:
+            current -= live.pop(addr)
+    return peak
 
 
 def cuda_peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
