@@ -18,6 +18,8 @@ from r1mega.kernels._triton_util import check_launchable
 __all__ = ["group_advantages_triton"]
 
 _MODE_IDS = {"grpo": 0, "dr_grpo": 1, "rloo": 2, "reinforce++": 3, "reinforce++_baseline": 4}
+# Rewards per step of the single-program batch kernel; a step's batch is 10^2-10^5 rewards, so one
+# program streaming 1024 at a time costs microseconds and needs no cross-program reduction.
 _BATCH_BLOCK = 1024
 
 

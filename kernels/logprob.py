@@ -59,7 +59,8 @@ def fused_logprob(
         ignore_index: targets equal to it get log-prob 0 and entropy 0, and no gradient.
         sequence_parallel: return grad_hidden as this rank's partial sum (the caller's
             sequence-parallel gather reduce-scatters it) instead of all-reducing it over TP.
-        backend: "auto" | "triton" | "torch" (see `r1mega.kernels.dispatch`).
+        backend: "auto" | "triton" | "torch" (see `r1mega.kernels.dispatch`); float64 inputs always
+            take the torch path (the kernels accumulate in fp32).
 
     Returns:
         logprob [N] float32, or (logprob, entropy) [N] float32 each when `return_entropy`.
@@ -67,6 +68,8 @@ def fused_logprob(
     """
     _validate(hidden, weight, targets, temperature)
     impl = resolve_backend(backend, hidden, "fused_logprob")
+    if hidden.dtype == torch.float64:
+        impl = "torch"  # the kernels compute in fp32; float64 (gradchecks) takes the torch path
     shard = VocabShard.from_group(tp_group, weight.shape[0], vocab_size)
     _validate_targets(targets, shard.vocab_size, ignore_index)
     if impl == "triton":

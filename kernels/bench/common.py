@@ -6,7 +6,7 @@ Every benchmark writes one JSON document:
      "reference": {"matmul_tflops": ..., "matmul": "...", "copy_gbps": ..., "copy": "..."},
      "results": [Record, ...]}
 
-and each `Record` names the op, implementation, mode, shape, dtype, device, backend, time
+and each `Record` (with the device name, commit and date repeated in it) names the op, implementation, mode, shape, dtype, device, backend, time
 statistics (ms), FLOP/s and bytes/s with their percentage of the device's *measured* matmul and
 copy rates (never a datasheet number), and the peak extra memory with how it was measured.
 """
@@ -190,8 +190,12 @@ def write_report(path: str, op: str, device: torch.device, reference: dict[str, 
         "date": utc_date(),
         "torch": torch.__version__,
         "reference": reference,
-        "results": [dataclasses.asdict(r) for r in records],
+        "results": [],
     }
+    for r in records:  # each record also carries its provenance, so it stands alone when extracted
+        row = dataclasses.asdict(r)
+        row.update(device_name=doc["device"], commit=doc["commit"], date=doc["date"])
+        doc["results"].append(row)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=2)

@@ -13,7 +13,7 @@ from r1mega.kernels.bench.__main__ import main
 RECORD_KEYS = {
     "op", "impl", "mode", "shape", "dtype", "device", "backend", "time", "flops", "tflops", "pct_of_matmul",
     "bytes", "gbps", "pct_of_copy", "peak_extra_bytes", "peak_extra_pct_of_logits", "memory_method", "notes",
-    "error",
+    "error", "device_name", "commit", "date",
 }
 
 

@@ -164,7 +164,7 @@ def test_torch_path_never_allocates_full_logits(monkeypatch):
     from r1mega.kernels.bench.memory import cpu_peak_bytes
 
     monkeypatch.setattr(logprob_torch, "BLOCK_ELEMENTS", 1 << 18)  # 1 MiB fp32 blocks
-    n, hdim, v = 2048, 64, 8192  # the logits would be 64 MiB in fp32
+    n, hdim, v = 1024, 64, 8192  # the logits would be 32 MiB in fp32
     hidden, weight, targets, g_lp, g_ent = _problem(n, hdim, v, v, seed=1)
     h = hidden.requires_grad_()
     w = weight.requires_grad_()
