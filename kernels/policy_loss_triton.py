@@ -7,7 +7,7 @@ and of every metric ([B, blocks, NUM_STATS]). The per-response reductions around
 segment sums: before the kernel, |y_i| = sum_t m_it (and, for GSPO, the masked mean log-ratio of
 each response, which the sequence ratio needs before any token can be clipped); after it, the
 [B, blocks, NUM_STATS] partial sums are summed per response and weighted by c_i (agg_mode).
-Backward is one in-place scale of the stored gradient by c_i * grad_output; the entropy gradient,
+Backward is one scale of the stored gradient by c_i * grad_output; the entropy gradient,
 -entropy_coef * m_it * c_i * grad_output, needs no stored tensor.
 """
 
@@ -166,7 +166,7 @@ class _PolicyLoss(torch.autograd.Function):
         scale = (seq_scale * grad_out).unsqueeze(1)  # [B, 1]
         g_logp = None
         if ctx.needs_input_grad[0]:
-            g_logp = grad_tokens.mul_(scale).to(ctx.logp_dtype)  # in place: used once
+            g_logp = (grad_tokens * scale).to(ctx.logp_dtype)  # same traffic as in place; safe to re-run
         g_ent = None
         if ctx.ent_dtype is not None and ctx.needs_input_grad[1]:
             g_ent = (mask * (-ctx.ent_coef) * scale).to(ctx.ent_dtype)

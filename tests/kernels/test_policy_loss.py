@@ -188,3 +188,17 @@ def test_missing_inputs_are_named():
         policy_loss(lp, adv, mask[:, :5])
     with pytest.raises(ConfigError, match="dual_clip_c: only applies"):
         policy_loss(lp, adv, mask, options=PolicyLossOptions(loss_type="cispo", dual_clip_c=2.0))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_backward_can_run_twice(device, backend):
+    """retain_graph: a second backward adds the same gradient again (nothing saved is consumed)."""
+    dev = device if backend == "triton" else "cpu"
+    data = {k: v.float().to(dev) for k, v in _batch(seed=2).items()}
+    logp = data.pop("logp").requires_grad_()
+    loss, _ = policy_loss(logp, options=CONFIGS["dapo"], backend=backend,
+                          **{k: data[k] for k in ("advantages", "mask", "old_logp")})
+    loss.backward(retain_graph=True)
+    first = logp.grad.clone()
+    loss.backward()
+    assert torch.allclose(logp.grad, 2 * first)
