@@ -6,9 +6,10 @@ Every benchmark writes one JSON document:
      "reference": {"matmul_tflops": ..., "matmul": "...", "copy_gbps": ..., "copy": "..."},
      "results": [Record, ...]}
 
-and each `Record` (with the device name, commit and date repeated in it) names the op, implementation, mode, shape, dtype, device, backend, time
-statistics (ms), FLOP/s and bytes/s with their percentage of the device's *measured* matmul and
-copy rates (never a datasheet number), and the peak extra memory with how it was measured.
+and each `Record` (with the device name, commit and date repeated in it) names the op,
+implementation, mode, shape, dtype, device, backend, time statistics (ms), FLOP/s and bytes/s with
+their percentage of the device's *measured* matmul and copy rates (never a datasheet number), and
+the peak extra memory with how it was measured.
 """
 
 from __future__ import annotations

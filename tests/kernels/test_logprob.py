@@ -102,7 +102,7 @@ def test_triton_split_and_chunk_settings_agree(device, splits, chunk):
 
 def test_triton_accepts_strided_inputs(device):
     """Non-contiguous hidden (a transposed view) and a weight slice go through the stride arguments."""
-    hidden, weight, targets, g_lp, g_ent = _problem(29, 24, 90, 90, seed=8, device=device)
+    hidden, weight, targets, _, _ = _problem(29, 24, 90, 90, seed=8, device=device)
     h_t = hidden.t().contiguous().t()  # same values, column-major strides
     w_big = torch.zeros(90, 40, device=device)
     w_big[:, 5:29] = weight
