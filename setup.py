@@ -51,6 +51,8 @@ setup(
         ],
         # triton runs the kernels under TRITON_INTERPRET=1 in the CPU tests.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "triton>=3.4"],
+        # Benchmark comparison only (python -m r1mega.kernels.bench logprob); never imported otherwise.
+        "bench": ["liger-kernel>=0.5"],
         "dev": ["ruff>=0.6", "pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "triton>=3.4"],
     },
     entry_points={"console_scripts": ["r1mega=r1mega.cli:main"]},

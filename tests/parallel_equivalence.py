@@ -130,7 +130,7 @@ def randomize_(model, seed: int) -> None:
         else:
             p.copy_(0.05 * noise)
     for name, b in sorted(model.named_buffers()):
-        if name.endswith("expert_bias"):
+        if name.endswith(("expert_bias", "e_score_correction_bias")):  # megatron / HF name
             b.copy_(0.1 * torch.randn(b.shape, generator=gen))
 
 

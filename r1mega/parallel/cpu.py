@@ -224,7 +224,7 @@ _CUDA_TYPE_NAMES = {
 
 
 def _called_from_megatron_optimizer() -> bool:
-    # frame 0 is __torch_function__, frame 1 the caller of `tensor.type()`
+    # frame 0 is this function, 1 __torch_function__ (dispatched from C), 2 the caller of .type()
     frame = sys._getframe(2)
     return frame.f_globals.get("__name__", "").startswith("megatron.core.optimizer")
 
@@ -260,11 +260,9 @@ class CpuDeviceMode(TorchFunctionMode):
             kwargs["device"] = _map_device(kwargs["device"])
         if kwargs.get("pin_memory"):
             kwargs["pin_memory"] = False
-        if func in (torch.Tensor.to, torch.Tensor.new_empty, torch.Tensor.new_zeros) and args:
-            args = (args[0],) + tuple(
-                _map_device(a) if isinstance(a, (str, torch.device)) or (func is torch.Tensor.to and isinstance(a, int) and not isinstance(a, bool)) else a
-                for a in args[1:]
-            )
+        if func is torch.Tensor.to and len(args) > 1:
+            # t.to("cuda") / t.to(0) / t.to(torch.device("cuda")): positional device
+            args = (args[0], _map_device(args[1]), *args[2:])
         return func(*args, **kwargs)
 
 

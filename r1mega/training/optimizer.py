@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
 from r1mega.configlib import ConfigError
 from r1mega.parallel.config import ParallelConfig
 
@@ -55,9 +53,12 @@ class OptimizerConfig:
 
 def build_optimizer(cfg: OptimizerConfig, model_chunks: list, parallel_cfg: ParallelConfig):
     """megatron's optimizer over DDP-wrapped chunks; distributed (ZeRO-1) per `parallel_cfg`."""
+    import torch  # here, not at module level: config loading must stay torch-free (fast CLI start)
     from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
     from megatron.core.optimizer import get_megatron_optimizer
 
+    if parallel_cfg.use_distributed_optimizer and cfg.name != "adam":
+        raise ValueError("megatron's distributed optimizer supports adam only")
     tcfg = model_chunks[0].config
     mcfg = MegatronOptimizerConfig(
         optimizer=cfg.name,
