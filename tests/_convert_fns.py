@@ -94,6 +94,19 @@ def _measure_export(chunks, model_cfg, bucket_bytes: int) -> dict:
 
 
 @torch.no_grad()
+def _synced_engine_logits(chunks, model_cfg, tokens: torch.Tensor, bucket_bytes: int) -> torch.Tensor:
+    """Rollout weight sync on this rank: a BuiltinEngine built from the model config alone (random
+    weights) takes the export; it must then compute transformers' logits of the checkpoint."""
+    from r1mega.convert import export_hf_tensors, hf_config_from_model_config
+    from r1mega.rollout.builtin import BuiltinEngine
+
+    engine = BuiltinEngine(hf_config_from_model_config(model_cfg), dtype="float32", device="cpu", eos_token_ids=[])
+    # update_weights refuses a sync that misses any tensor the engine's model has
+    engine.update_weights(export_hf_tensors(chunks, bucket_bytes, model_cfg=model_cfg))
+    return engine.model(input_ids=tokens, use_cache=False).logits.float()
+
+
+@torch.no_grad()
 def _swap_gate_up_in_first_layer(chunks) -> int:
     """Negative control: exchange the gate and up halves of every fc1 of global layer 0."""
     from r1mega.convert.live import unwrap
@@ -151,6 +164,7 @@ def run_case(
                 assert name not in exported, f"{name} exported twice"
                 exported[name] = t
         result = {
+            "engine_logits": _synced_engine_logits(chunks, model_cfg, tokens, bucket_bytes),
             "rank": dist.get_rank(),
             "layout": layout,
             "logits": logits,

@@ -76,6 +76,9 @@ def _check_case(results: list[dict], ckpt: dict, ep: int = 1) -> None:
         assert err <= LOGITS_TOL, f"rank {r['rank']}: logits off by {err:.2e}"
     for r in results:
         assert r["differences"] == [], f"rank {r['rank']}: {r['differences'][:5]}"
+        # every rank's colocated rollout engine received the whole model
+        err = relative_error(r["engine_logits"], ckpt["logits"])
+        assert err <= LOGITS_TOL, f"rank {r['rank']}: engine logits after sync off by {err:.2e}"
         # each rank reads its own shards, never the whole checkpoint
         assert r["bytes_read"] < 0.8 * ckpt["bytes"] or ep > 1, f"rank {r['rank']} read {r['bytes_read']} of {ckpt['bytes']}"
         if ep > 1 and r["layout"].get("tp", 1) == r["layout"].get("pp", 1) == 1:  # exactly its experts

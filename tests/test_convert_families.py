@@ -49,6 +49,14 @@ def test_export_is_bit_identical(single_process, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_weight_sync_into_the_rollout_engine(single_process, family):
+    """The export feeds BuiltinEngine.update_weights (HF names, full tensors): an engine built from
+    the converted model config alone then computes the checkpoint's logits."""
+    result, want = single_process[family]
+    assert relative_error(result["engine_logits"], want) <= LOGITS_TOL
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_logit_check_sees_a_layout_error(single_process, family):
     """Negative control: gate and up exchanged in layer 0 must be far outside the tolerance."""
     result, want = single_process[family]
