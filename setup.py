@@ -30,7 +30,9 @@ setup(
         "pyyaml>=6.0",
         "safetensors>=0.4",
         "tokenizers>=0.20",
-        "transformers>=4.57",
+        # >= 5: the built-in rollout engine runs transformers 5 model code (fused MoE experts,
+        # experts_implementation, transformers.initialization).
+        "transformers>=5.0",
         "sympy>=1.12",
         "math-verify>=0.8",
         "pyarrow>=15",

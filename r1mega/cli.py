@@ -13,6 +13,7 @@ import sys
 # verb -> (module, one-line help). Keep in the order a user meets them.
 VERBS: dict[str, tuple[str, str]] = {
     "config": ("r1mega.commands.config", "resolve a config (YAML + overrides), validate it and print it"),
+    "data": ("r1mega.commands.data", "write a generated countdown/arithmetic split as jsonl or parquet"),
 }
 
 

@@ -22,11 +22,18 @@ from r1mega.configlib import (
     strip_internal,
     to_dict,
 )
+from r1mega.data.config import DataConfig
 from r1mega.models.config import ModelConfig
 from r1mega.parallel.config import ParallelConfig
 from r1mega.training.optimizer import OptimizerConfig
 
-__all__ = ["Config", "RunConfig", "OptimizerConfig", "ConfigError", "load_config", "save_config"]
+from r1mega.rewards.config import RewardConfig
+from r1mega.rollout.config import RolloutConfig
+
+__all__ = [
+    "Config", "RunConfig", "OptimizerConfig", "DataConfig", "RewardConfig", "RolloutConfig",
+    "ConfigError", "load_config", "save_config",
+]
 
 
 @dataclass(kw_only=True)
@@ -51,6 +58,9 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     run: RunConfig = field(default_factory=RunConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rewards: RewardConfig = field(default_factory=RewardConfig)
 
     def validate(self) -> None:
         self.parallel.check_model(self.model)
@@ -58,6 +68,11 @@ class Config:
             raise ConfigError(
                 "optimizer.name: megatron's distributed optimizer supports adam only "
                 f"(got {self.optimizer.name!r}; or set parallel.use_distributed_optimizer=false)"
+            )
+        if self.data.max_prompt_tokens >= self.model.max_position_embeddings:
+            raise ConfigError(
+                f"data.max_prompt_tokens: {self.data.max_prompt_tokens} leaves no room to generate within "
+                f"model.max_position_embeddings={self.model.max_position_embeddings}"
             )
 
     def check_layout(self, world_size: int) -> None:

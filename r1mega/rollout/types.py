@@ -36,6 +36,23 @@ class SamplingParams:
     seed: Optional[int] = None
     """Seed for this request's sampling; None draws from the engine's generator."""
 
+    def validate(self) -> None:
+        """Raise ValueError naming the field when a request is impossible (engines call this first)."""
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplingParams.max_new_tokens: must be >= 1, got {self.max_new_tokens}")
+        if not self.temperature >= 0:  # also rejects NaN
+            raise ValueError(f"SamplingParams.temperature: must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"SamplingParams.top_p: must be in (0, 1], got {self.top_p}")
+        if self.top_k < -1:
+            raise ValueError(f"SamplingParams.top_k: must be -1, 0 (both disable it) or positive, got {self.top_k}")
+        for i, s in enumerate(self.stop):
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"SamplingParams.stop[{i}]: must be a non-empty string, got {s!r}")
+        for i, t in enumerate(self.stop_token_ids):
+            if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+                raise ValueError(f"SamplingParams.stop_token_ids[{i}]: must be a token id >= 0, got {t!r}")
+
 
 @dataclass(kw_only=True)
 class Sample:

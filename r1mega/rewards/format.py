@@ -1,0 +1,31 @@
+"""Format reward: 1 for exactly `<think>reasoning</think> <answer>answer</answer>`, else 0.
+
+Strict on purpose (R1-Zero's format reward): the completion, ignoring surrounding whitespace, must
+be one reasoning block followed by one answer block, both non-empty, each tag exactly once, with
+only whitespace between them and nothing after `</answer>`. Text before `<think>`, a second answer,
+an unclosed tag or a missing block all score 0.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from r1mega.rewards.parse import completion_text
+
+__all__ = ["format_reward", "is_well_formatted"]
+
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+_FORMAT_RE = re.compile(r"<think>(.*)</think>\s*<answer>(.*)</answer>", re.DOTALL)
+
+
+def is_well_formatted(text: str) -> bool:
+    text = text.strip()
+    if any(text.count(tag) != 1 for tag in _TAGS):
+        return False
+    m = _FORMAT_RE.fullmatch(text)
+    return bool(m and m.group(1).strip() and m.group(2).strip())
+
+
+def format_reward(sample: Any, reference: dict[str, Any]) -> float:
+    return 1.0 if is_well_formatted(completion_text(sample, reference)) else 0.0
