@@ -14,6 +14,8 @@ import sys
 VERBS: dict[str, tuple[str, str]] = {
     "config": ("r1mega.commands.config", "resolve a config (YAML + overrides), validate it and print it"),
     "data": ("r1mega.commands.data", "write a generated countdown/arithmetic split as jsonl or parquet"),
+    "pretrain": ("r1mega.commands.pretrain", "train a base model on generated task text (the R1-Zero starting point)"),
+    "sft": ("r1mega.commands.sft", "supervised fine-tuning (response-only loss) on an SFT dataset"),
 }
 
 

@@ -25,13 +25,17 @@ from r1mega.configlib import (
 from r1mega.data.config import DataConfig
 from r1mega.models.config import ModelConfig
 from r1mega.parallel.config import ParallelConfig
+from r1mega.training.checkpoint_config import CheckpointConfig
+from r1mega.training.logging import LoggingConfig
 from r1mega.training.optimizer import OptimizerConfig
+from r1mega.training.sft_config import PretrainConfig, SFTConfig
 
 from r1mega.rewards.config import RewardConfig
 from r1mega.rollout.config import RolloutConfig
 
 __all__ = [
-    "Config", "RunConfig", "OptimizerConfig", "DataConfig", "RewardConfig", "RolloutConfig",
+    "Config", "RunConfig", "OptimizerConfig", "DataConfig", "RewardConfig", "RolloutConfig", "LoggingConfig",
+    "SFTConfig", "PretrainConfig", "CheckpointConfig",
     "ConfigError", "load_config", "save_config",
 ]
 
@@ -61,6 +65,10 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rewards: RewardConfig = field(default_factory=RewardConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def validate(self) -> None:
         self.parallel.check_model(self.model)

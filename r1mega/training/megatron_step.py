@@ -17,8 +17,11 @@ from r1mega.parallel.config import ParallelConfig
 
 __all__ = ["wrap_with_ddp", "forward_backward", "LossFn"]
 
-LossFn = Callable[[torch.Tensor, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-"""(last-stage output, microbatch) -> (scalar loss of the microbatch, metrics to report)."""
+LossFn = Callable[[torch.Tensor, dict], tuple]
+"""(last-stage output, microbatch) -> (scalar loss of the microbatch, metrics to report), or
+(summed loss, number of tokens it sums over, metrics) for a token-mean over the global batch: with
+the model config's `calculate_per_token_loss`, gradients are then divided by the token count of the
+whole global batch (all microbatches, all DP ranks) in finalize_model_grads."""
 
 
 def wrap_with_ddp(model_chunks: list, parallel_cfg: ParallelConfig, *, bucket_size: Optional[int] = None) -> list:
@@ -76,8 +79,9 @@ def forward_backward(
 
     Each microbatch is a dict with `tokens` and `position_ids` [b, s] (plus whatever `loss_fn`
     needs, e.g. `labels`, `loss_mask`); every pipeline stage is given the same microbatches and
-    uses what it needs. The schedule divides each microbatch loss by the number of microbatches
-    before backward, so gradients are those of the mean microbatch loss. Returns the metrics dicts
+    uses what it needs. With a 2-tuple `loss_fn`, the schedule divides each microbatch loss by the
+    number of microbatches before backward, so gradients are those of the mean microbatch loss; a
+    3-tuple `loss_fn` (see LossFn) gives the token-mean instead. Returns the metrics dicts
     of `loss_fn` on the last pipeline stage (an empty list elsewhere); grads are finalized.
     """
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -91,10 +95,11 @@ def forward_backward(
         output = forward_fn(model, batch)
 
         def loss_func(output_tensor: torch.Tensor):
-            loss, metrics = loss_fn(output_tensor, batch)
+            out = loss_fn(output_tensor, batch)
             # the schedule divides the returned loss in place by num_microbatches: metrics that
             # share its storage (loss.detach()) would be divided too
-            return loss, {k: v.detach().clone() for k, v in metrics.items()}
+            metrics = {k: v.detach().clone() for k, v in out[-1].items()}
+            return (*out[:-1], metrics)
 
         return output, loss_func
 

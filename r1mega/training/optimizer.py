@@ -9,7 +9,7 @@ distributed optimizer, gathers the updated parameter shards.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 from r1mega.configlib import ConfigError
 from r1mega.parallel.config import ParallelConfig
@@ -25,6 +25,16 @@ class OptimizerConfig:
     """Peak learning rate (R1-Zero used 3e-6; the tiny default trains faster)."""
     min_lr: float = 0.0
     """Floor of the learning-rate schedule."""
+    lr_warmup_steps: int = 0
+    """Linear warmup from lr_warmup_init to lr over this many optimizer steps."""
+    lr_warmup_init: float = 0.0
+    """Learning rate at step 0 of the warmup."""
+    lr_decay_style: Literal["constant", "linear", "cosine"] = "constant"
+    """After warmup: stay at lr, or decay linearly / along a half cosine to min_lr (R1's SFT: cosine
+    5e-5 -> 5e-6). The schedule is megatron's OptimizerParamScheduler (r1mega/training/schedule.py)."""
+    lr_decay_steps: Optional[int] = None
+    """Step at which the decay reaches min_lr (counted from step 0, warmup included); None = the
+    trainer's total number of steps."""
     weight_decay: float = 0.01
     """Decoupled weight decay; megatron exempts biases and norm weights."""
     adam_beta1: float = 0.9
@@ -49,6 +59,14 @@ class OptimizerConfig:
             raise ConfigError(f"adam_eps: must be > 0, got {self.adam_eps}")
         if self.clip_grad < 0:
             raise ConfigError(f"clip_grad: must be >= 0 (0 = off), got {self.clip_grad}")
+        if self.lr_warmup_steps < 0:
+            raise ConfigError(f"lr_warmup_steps: must be >= 0, got {self.lr_warmup_steps}")
+        if not 0 <= self.lr_warmup_init <= self.lr:
+            raise ConfigError(f"lr_warmup_init: must be in [0, lr={self.lr}], got {self.lr_warmup_init}")
+        if self.lr_decay_steps is not None and self.lr_decay_steps <= self.lr_warmup_steps:
+            raise ConfigError(
+                f"lr_decay_steps: must be > lr_warmup_steps={self.lr_warmup_steps}, got {self.lr_decay_steps}"
+            )
 
 
 def build_optimizer(cfg: OptimizerConfig, model_chunks: list, parallel_cfg: ParallelConfig):

@@ -1,0 +1,159 @@
+"""One supervised job (`r1mega sft` / `r1mega pretrain`): data, trainer, resume, loop, checkpoints.
+
+Start-up order: distributed groups; tokenizer and datasets (every rank builds the same ones;
+they are small or generated); where to start from (`checkpoint.resume`, else
+`checkpoint.init_from` weights, else a fresh init); the loop, saving every `checkpoint.save_every`
+steps and on SIGTERM/SIGUSR1; a final save; for `pretrain`, an HF export when available.
+Files go to the run directory `run.output_dir/run.name`: `<stage>_config.yaml` (the resolved
+config), metrics.jsonl, metrics.png, tensorboard/, eval_samples_step*.jsonl, checkpoints/.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+from r1mega.config import Config, save_config
+
+__all__ = ["run_supervised", "JobResult", "load_datasets"]
+
+logger = logging.getLogger(__name__)
+
+Stage = Literal["sft", "pretrain"]
+
+
+@dataclass
+class JobResult:
+    step: int
+    metrics: dict
+    checkpoint: Optional[Path]
+    preempted: bool
+
+
+def load_datasets(cfg: Config, stage: Stage, tokenizer):
+    """(train SFT examples, held-out SFT examples or None, held-out prompts for accuracy or None)."""
+    from r1mega.data.prompts import load_prompt_dataset
+    from r1mega.data.sft import load_sft_dataset
+    from r1mega.training.pretrain_data import load_pretrain_dataset
+
+    has_test = cfg.data.source == "procedural" or bool(cfg.data.test_files)
+    if stage == "pretrain":
+        train = load_pretrain_dataset(cfg.data, cfg.pretrain, "train", tokenizer)
+        held_out = load_pretrain_dataset(cfg.data, cfg.pretrain, "test", tokenizer) if has_test else None
+    else:
+        train = load_sft_dataset(cfg.data, "train", tokenizer)
+        held_out = load_sft_dataset(cfg.data, "test", tokenizer) if has_test else None
+    prompts = None
+    if cfg.sft.accuracy_every != 0:
+        if not has_test:
+            raise ValueError("sft.accuracy_every: the accuracy evaluation needs held-out prompts (data.test_files)")
+        prompts = load_prompt_dataset(cfg.data, "test", tokenizer)
+    return train, held_out, prompts
+
+
+def run_supervised(cfg: Config, stage: Stage) -> JobResult:
+    """Run the whole job on this rank (every rank of the launch calls it)."""
+    import torch.distributed as dist
+
+    from r1mega.data.tokenizer import load_tokenizer
+    from r1mega.parallel.distributed import destroy_distributed, init_distributed
+    from r1mega.training import checkpoint as ckpt
+    from r1mega.training.sft import SupervisedTrainer
+
+    init_distributed(cfg.parallel, seed=cfg.run.seed, model_cfg=cfg.model)
+    try:
+        tokenizer = load_tokenizer(cfg.data.tokenizer)
+        if len(tokenizer) > cfg.model.vocab_size:
+            raise ValueError(
+                f"model.vocab_size: {cfg.model.vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens"
+            )
+        train, held_out, prompts = load_datasets(cfg, stage, tokenizer)
+        trainer = SupervisedTrainer(cfg, train, held_out, tokenizer=tokenizer, accuracy_prompts=prompts, stage=stage)
+        root = cfg.checkpoint.root(cfg.run.run_dir)
+        resume_path = ckpt.resolve_resume(cfg.checkpoint.resume, root)
+        init_fn = None
+        if resume_path is None and cfg.checkpoint.init_from:
+            def init_fn(chunks):
+                used = ckpt.load_model_weights(cfg.checkpoint.init_from, chunks, model_config=cfg.model)
+                logger.info("initial weights from %s", used)
+        trainer.build(init_fn)
+        if resume_path is not None:
+            loaded = ckpt.load_checkpoint(
+                resume_path,
+                trainer.model,
+                trainer.optimizer,
+                trainer.scheduler,
+                model_config=cfg.model,
+                load_optimizer=cfg.checkpoint.load_optimizer,
+                load_rng=cfg.checkpoint.load_rng,
+            )
+            trainer.step = loaded.step
+            if "sampler" in loaded.extra_state:
+                trainer.sampler.load_state_dict(loaded.extra_state["sampler"])
+            _say(f"resumed from {resume_path} at step {loaded.step}")
+        if dist.get_rank() == 0:
+            save_config(cfg, cfg.run.run_dir / f"{stage}_config.yaml")
+
+        saved: dict[str, Optional[Path]] = {"path": None}
+        saved_step = trainer.step if resume_path is not None else None
+
+        def save(t: SupervisedTrainer) -> None:
+            nonlocal saved_step
+            saved["path"] = ckpt.save_checkpoint(
+                root,
+                t.step,
+                t.model,
+                t.optimizer if cfg.checkpoint.save_optimizer else None,
+                t.scheduler,
+                {"sampler": t.sampler.state_dict(), "stage": stage},
+                model_config=cfg.model,
+                keep_last=cfg.checkpoint.keep_last,
+                optimizer_format=cfg.checkpoint.optimizer_format,
+            )
+            saved_step = t.step
+
+        with ckpt.PreemptionWatcher(cfg.checkpoint.exit_on_signal) as watcher:
+            preempted = False
+
+            def on_step_end(t: SupervisedTrainer) -> bool:
+                nonlocal preempted
+                preempted = cfg.checkpoint.exit_on_signal and watcher.should_stop()
+                every = cfg.checkpoint.save_every
+                if preempted or (every > 0 and t.step % every == 0):
+                    save(t)
+                if preempted:
+                    _say(f"signal received: saved step {t.step} to {saved['path']}; exiting")
+                return preempted
+
+            metrics = trainer.train(on_step_end)
+        if not preempted and cfg.checkpoint.save_at_end and saved_step != trainer.step:
+            save(trainer)
+        if stage == "pretrain" and not preempted and cfg.pretrain.export_hf:
+            _export_hf(cfg, trainer, tokenizer)
+        return JobResult(step=trainer.step, metrics=metrics, checkpoint=saved["path"], preempted=preempted)
+    finally:
+        destroy_distributed()
+
+
+def _export_hf(cfg: Config, trainer, tokenizer) -> None:
+    """HF safetensors + config.json + tokenizer of the final model, when r1mega.convert has the
+    exporter; otherwise a log line (the megatron checkpoint is the artifact)."""
+    try:
+        from r1mega.convert import export_hf_tensors  # noqa: F401
+    except ImportError:
+        _say("HF export skipped: r1mega.convert.export_hf_tensors is not available in this build")
+        return
+    from r1mega.training.hf_export import write_hf_export
+
+    out = cfg.run.run_dir / "hf"
+    write_hf_export(trainer.model, cfg.model, tokenizer, out)
+    _say(f"HF export written to {out}")
+
+
+def _say(text: str) -> None:
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(text, flush=True)
