@@ -22,6 +22,7 @@ from r1mega.configlib import (
     strip_internal,
     to_dict,
 )
+from r1mega.algorithms.config import AlgorithmConfig
 from r1mega.data.config import DataConfig
 from r1mega.models.config import ModelConfig
 from r1mega.parallel.config import ParallelConfig
@@ -69,6 +70,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
 
     def validate(self) -> None:
         self.parallel.check_model(self.model)
