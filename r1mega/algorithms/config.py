@@ -45,8 +45,8 @@ class Preset:
     kl_type: Optional[str]
     kl_coef: float
     dynamic_sampling: bool = False
-    overlong_buffer_fraction: float = 0.0
-    """Soft overlong buffer as a fraction of max_new_tokens (0 = no length shaping)."""
+    overlong_buffer_divisor: int = 0
+    """Soft overlong buffer = max_new_tokens // this (0 = no length shaping)."""
 
 
 PRESETS: dict[str, Preset] = {
@@ -63,7 +63,7 @@ PRESETS: dict[str, Preset] = {
     # overlong punishment with a 4096-token buffer out of 20480 generated tokens (1/5).
     "dapo": Preset(advantage_mode="grpo", loss_type="ppo_clip", ratio_level="token", clip_eps_low=0.2,
                    clip_eps_high=0.28, agg_mode="token-mean", kl_type=None, kl_coef=0.0,
-                   dynamic_sampling=True, overlong_buffer_fraction=0.2),
+                   dynamic_sampling=True, overlong_buffer_divisor=5),
     # GSPO (Zheng et al. 2025): length-normalised sequence ratio, clip 3e-4 / 4e-4, mean over
     # responses, group-normalised advantages, no KL.
     "gspo": Preset(advantage_mode="grpo", loss_type="ppo_clip", ratio_level="sequence", clip_eps_low=3e-4,
@@ -293,10 +293,10 @@ class AlgorithmConfig:
             raise ConfigError(f"rollout.max_new_tokens: must be an integer >= 1, got {max_new_tokens!r}")
         buffer = self.overlong_buffer
         if buffer is None:
-            if p.overlong_buffer_fraction > 0 and max_new_tokens is None:
+            if p.overlong_buffer_divisor > 0 and max_new_tokens is None:
                 raise ConfigError(f"overlong_buffer: the {self.name} preset sizes it from max_new_tokens; "
                                   "call resolved(max_new_tokens) or set overlong_buffer")
-            buffer = int(p.overlong_buffer_fraction * max_new_tokens) if p.overlong_buffer_fraction > 0 else 0
+            buffer = max_new_tokens // p.overlong_buffer_divisor if p.overlong_buffer_divisor > 0 else 0
         if max_new_tokens is not None and buffer > max_new_tokens:
             raise ConfigError(f"overlong_buffer: {buffer} tokens exceeds rollout.max_new_tokens={max_new_tokens}")
         agg = self._pick("agg_mode")
