@@ -514,8 +514,10 @@ def test_kl_reward_penalty_matches_float64(kl_type, dtype, rtol, seed):
     out = kl_reward_penalty(old.to(dtype), ref.to(dtype), mask, kl_type, coef)
     assert out.shape == (b,)
     o64, r64 = old.to(dtype).double(), ref.to(dtype).double()
-    expected = torch.tensor([coef * sum(float(kl_estimate(kl_type, o64[i, t], r64[i, t])) for t in range(int(lengths[i])))
-                             for i in range(b)], dtype=torch.float64)
+    expected = torch.tensor([
+        coef * sum(float(kl_estimate(kl_type, o64[i, t], r64[i, t])) for t in range(int(lengths[i])))
+        for i in range(b)
+    ], dtype=torch.float64)
     check(kl_type, seed, "kl penalty", out.double(), expected, rtol, float(expected.abs().max()))
     if kl_type == "low_var_kl":
         k3 = kl_reward_penalty(old, ref, mask.double(), "k3", coef)
