@@ -29,6 +29,7 @@ from r1mega.parallel.config import ParallelConfig
 from r1mega.training.checkpoint_config import CheckpointConfig
 from r1mega.training.logging import LoggingConfig
 from r1mega.training.optimizer import OptimizerConfig
+from r1mega.training.rl_config import RLConfig
 from r1mega.training.sft_config import PretrainConfig, SFTConfig
 
 from r1mega.rewards.config import RewardConfig
@@ -36,7 +37,7 @@ from r1mega.rollout.config import RolloutConfig
 
 __all__ = [
     "Config", "RunConfig", "OptimizerConfig", "DataConfig", "RewardConfig", "RolloutConfig", "LoggingConfig",
-    "SFTConfig", "PretrainConfig", "CheckpointConfig",
+    "SFTConfig", "PretrainConfig", "CheckpointConfig", "RLConfig",
     "ConfigError", "load_config", "save_config",
 ]
 
@@ -71,6 +72,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     def validate(self) -> None:
         self.parallel.check_model(self.model)

@@ -44,6 +44,12 @@ class LaunchEnv:
     """'torchrun', 'slurm' or 'single' (no launcher variables: one process)."""
 
 
+def _free_port() -> int:
+    from r1mega.parallel.launch import find_free_port
+
+    return find_free_port()
+
+
 def _int_env(env: Mapping[str, str], key: str) -> int:
     try:
         return int(env[key])
@@ -89,7 +95,8 @@ def launch_env(env: Optional[Mapping[str, str]] = None) -> LaunchEnv:
         world_size=1,
         local_rank=0,
         master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-        master_port=int(env.get("MASTER_PORT", _DEFAULT_PORT)),
+        # a lone process needs no agreed port: a free one lets several jobs share a machine
+        master_port=_int_env(env, "MASTER_PORT") if "MASTER_PORT" in env else _free_port(),
         source="single",
     )
 

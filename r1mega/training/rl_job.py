@@ -1,0 +1,188 @@
+"""One RL job (`r1mega train`): base model, prompts, trainer, resume, loop, checkpoints, summary.
+
+Start-up order: distributed groups; tokenizer and prompt splits (every rank builds the same ones);
+the starting weights: `checkpoint.resume` (a run of this job), else `checkpoint.init_from` (the base
+or SFT model), which `rl.base_config` first trains with `r1mega pretrain` when it has no checkpoint
+yet (the tiny default). Then the loop, saving every `checkpoint.save_every` steps and on
+SIGTERM/SIGUSR1, a final save, and run_dir/summary.json with the starting and final evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from r1mega.config import Config, save_config
+
+__all__ = ["run_rl", "RLJobResult", "ensure_base"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RLJobResult:
+    step: int
+    metrics: dict
+    checkpoint: Optional[Path]
+    preempted: bool
+    summary: Optional[Path]
+
+
+def ensure_base(cfg: Config) -> None:
+    """Train the base model with `rl.base_config` when `checkpoint.init_from` has no checkpoint.
+
+    Runs before torch.distributed is set up for the RL job (the pretrain stage sets up and tears
+    down its own), on every rank of the launch, so all ranks agree on the result.
+    """
+    from r1mega.config import load_config
+    from r1mega.training.checkpoint import find_latest_checkpoint, is_complete
+    from r1mega.training.sft_job import run_supervised
+
+    if cfg.rl.base_config is None or not cfg.checkpoint.init_from:
+        return
+    init_from = Path(cfg.checkpoint.init_from)
+    if is_complete(init_from) or (init_from.is_dir() and find_latest_checkpoint(init_from) is not None):
+        return
+    base_cfg = load_config(cfg.rl.base_config)
+    expected = base_cfg.checkpoint.root(base_cfg.run.run_dir).resolve()
+    if expected != Path(cfg.checkpoint.init_from).resolve():
+        raise ValueError(
+            f"rl.base_config: {cfg.rl.base_config} saves to {expected}, but checkpoint.init_from is "
+            f"{cfg.checkpoint.init_from}; point init_from at the base run's checkpoints"
+        )
+    _say(f"no base checkpoint under {cfg.checkpoint.init_from}: training it first with {cfg.rl.base_config}")
+    base_cfg.parallel = cfg.parallel  # same launch, same layout
+    result = run_supervised(base_cfg, "pretrain")
+    if result.preempted:
+        raise SystemExit(0)
+
+
+def run_rl(cfg: Config) -> RLJobResult:
+    """Run the whole job on this rank (every rank of the launch calls it)."""
+    import torch.distributed as dist
+
+    from r1mega.data.prompts import load_prompt_dataset
+    from r1mega.data.tokenizer import load_tokenizer
+    from r1mega.parallel.distributed import destroy_distributed, init_distributed
+    from r1mega.training import checkpoint as ckpt
+    from r1mega.training.rl import RLTrainer
+
+    cfg.check_sequence_budget()
+    ensure_base(cfg)
+    init_distributed(cfg.parallel, seed=cfg.run.seed, model_cfg=cfg.model)
+    trainer = None
+    try:
+        tokenizer = load_tokenizer(cfg.data.tokenizer)
+        if len(tokenizer) > cfg.model.vocab_size:
+            raise ValueError(
+                f"model.vocab_size: {cfg.model.vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens"
+            )
+        train = load_prompt_dataset(cfg.data, "train", tokenizer)
+        has_test = cfg.data.source == "procedural" or bool(cfg.data.test_files)
+        held_out = load_prompt_dataset(cfg.data, "test", tokenizer) if has_test else None
+        if held_out is None and cfg.rl.eval_every >= 0:
+            raise ValueError("rl.eval_every: evaluation needs held-out prompts (data.test_files), or set rl.eval_every=-1")
+        cfg.rewards.check_tasks(train.tasks)
+        trainer = RLTrainer(cfg, train, held_out, tokenizer=tokenizer)
+        root = cfg.checkpoint.root(cfg.run.run_dir)
+        resume_path = ckpt.resolve_resume(cfg.checkpoint.resume, root)
+        init_fn = None
+        if resume_path is None and cfg.checkpoint.init_from:
+            def init_fn(chunks):
+                used = ckpt.load_model_weights(cfg.checkpoint.init_from, chunks, model_config=cfg.model)
+                _say(f"initial weights from {used}")
+        elif resume_path is None:
+            _say("no checkpoint.init_from: the policy starts from a random initialisation")
+        trainer.build(init_fn)
+        if resume_path is not None:
+            _resume(cfg, trainer, resume_path, root)
+        if dist.get_rank() == 0:
+            save_config(cfg, cfg.run.run_dir / "train_config.yaml")
+
+        saved: dict[str, Optional[Path]] = {"path": None}
+        saved_step = trainer.step if resume_path is not None else None
+
+        def save(t: RLTrainer) -> None:
+            nonlocal saved_step
+            saved["path"] = ckpt.save_checkpoint(
+                root, t.step, t.model, t.optimizer if cfg.checkpoint.save_optimizer else None, t.scheduler,
+                {"sampler": t.sampler.state_dict(), "stage": "rl", "ref_refreshed_at": t.ref_refreshed_at},
+                model_config=cfg.model, keep_last=cfg.checkpoint.keep_last,
+                optimizer_format=cfg.checkpoint.optimizer_format,
+            )
+            if t.ref_model is not None and t.ref_refreshed_at == t.step and t.step > 0:
+                ckpt.save_checkpoint(Path(f"{root}_reference"), t.step, t.ref_model, model_config=cfg.model, keep_last=1)
+            saved_step = t.step
+
+        with ckpt.PreemptionWatcher(cfg.checkpoint.exit_on_signal) as watcher:
+            preempted = False
+
+            def on_step_end(t: RLTrainer) -> bool:
+                nonlocal preempted
+                preempted = cfg.checkpoint.exit_on_signal and watcher.should_stop()
+                every = cfg.checkpoint.save_every
+                if preempted or (every > 0 and t.step % every == 0):
+                    save(t)
+                if preempted:
+                    _say(f"signal received: saved step {t.step} to {saved['path']}; exiting")
+                return preempted
+
+            metrics = trainer.train(on_step_end)
+        if not preempted and cfg.checkpoint.save_at_end and saved_step != trainer.step:
+            save(trainer)
+        summary = None if preempted else trainer.write_summary(metrics)
+        if summary is not None:
+            _say(_summary_line(metrics))
+        return RLJobResult(step=trainer.step, metrics=metrics, checkpoint=saved["path"], preempted=preempted,
+                           summary=summary)
+    finally:
+        if trainer is not None:
+            trainer.close()
+        destroy_distributed()
+
+
+def _resume(cfg: Config, trainer, path: Path, root: Path) -> None:
+    from r1mega.training import checkpoint as ckpt
+
+    loaded = ckpt.load_checkpoint(
+        path, trainer.model, trainer.optimizer, trainer.scheduler, model_config=cfg.model,
+        load_optimizer=cfg.checkpoint.load_optimizer, load_rng=cfg.checkpoint.load_rng,
+    )
+    if loaded.extra_state.get("stage") != "rl":
+        raise ValueError(f"{path}: a {loaded.extra_state.get('stage')!r} checkpoint, not an RL one; "
+                         "use checkpoint.init_from to start RL from it")
+    trainer.step = loaded.step
+    trainer.sampler.load_state_dict(loaded.extra_state["sampler"])
+    trainer.ref_refreshed_at = int(loaded.extra_state.get("ref_refreshed_at", 0))
+    if trainer.ref_model is not None:
+        if trainer.ref_refreshed_at > 0:
+            ckpt.load_model_weights(Path(f"{root}_reference"), trainer.ref_model, model_config=cfg.model)
+        elif cfg.checkpoint.init_from:
+            ckpt.load_model_weights(cfg.checkpoint.init_from, trainer.ref_model, model_config=cfg.model)
+        else:
+            raise ValueError(f"{path}: resuming with a reference model needs checkpoint.init_from (its weights)")
+    trainer.sync_weights()
+    _say(f"resumed from {path} at step {loaded.step}")
+
+
+def _summary_line(metrics: dict) -> str:
+    def pct(key: str) -> str:
+        v = metrics.get(key)
+        return "n/a" if v is None else f"{100 * v:.1f}%"
+
+    return (
+        "held-out: greedy accuracy {} -> {}, pass@1 {} -> {}, format {} -> {}".format(
+            pct("start/eval/greedy_accuracy"), pct("eval/greedy_accuracy"),
+            pct("start/eval/pass@1"), pct("eval/pass@1"),
+            pct("start/eval/format"), pct("eval/format"),
+        )
+    )
+
+
+def _say(text: str) -> None:
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(text, flush=True)
