@@ -34,7 +34,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Deprecation and "optional package missing" notices of the libraries underneath, printed by every
+# rank at every start: they say nothing about the job (CPU runs have no apex, no CUDA connections).
+_QUIET_WARNINGS = (
+    r"Apex is not installed",
+    r".*CUDA_DEVICE_MAX_CONNECTIONS",
+    r"full scope is deprecated",
+    r"`torch\.distributed\.\w+` is deprecated",
+    r"Please use DTensor instead",
+    r"`load_state_dict` is deprecated",
+)
+
+
+def _quiet_library_warnings() -> None:
+    import warnings
+
+    for pattern in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_library_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     from r1mega.configlib import ConfigError
