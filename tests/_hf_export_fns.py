@@ -14,6 +14,7 @@ OVERRIDES = [
     "data.procedural.train_size=64",
     "data.procedural.test_size=8",
     "sft.steps=2",
+    "optimizer.lr_warmup_steps=1",
     "sft.global_batch_size=8",
     "sft.micro_batch_size=8",
     "sft.eval_every=0",
@@ -58,9 +59,8 @@ def pretrain_and_export(out_dir: str, tokens: torch.Tensor) -> dict:
     return {"hf_dir": str(cfg.run.run_dir / "hf"), "logits": logits, "checkpoint": str(result.checkpoint)}
 
 
-def export_reference(out_dir: str, layouts: list[dict]) -> list[str]:
-    """Per layout (ParallelConfig fields): the same random single-process weights loaded sharded,
-    then `write_hf_export` of the sharded model into out_dir/<i>."""
+def export_reference(out_dir: str) -> str:
+    """One process: random weights (norms and biases included) exported with `write_hf_export`."""
     from megatron.core import parallel_state
 
     from r1mega.data.tokenizer import load_tokenizer
@@ -69,17 +69,42 @@ def export_reference(out_dir: str, layouts: list[dict]) -> list[str]:
     from r1mega.parallel.distributed import destroy_distributed, init_distributed
     from r1mega.training.hf_export import write_hf_export
     from tests import parallel_equivalence as pe
-    from tests._sft_fns import _reference_weights
 
     cfg = pretrain_config(out_dir)
-    reference = _reference_weights(cfg.model, SEED)
+    init_distributed(ParallelConfig(), seed=SEED)
+    (model,) = build_model(cfg.model, ParallelConfig())
+    pe.randomize_(model, SEED)
+    path = write_hf_export([model], cfg.model, load_tokenizer(cfg.data.tokenizer), Path(out_dir) / "single")
+    parallel_state.destroy_model_parallel()
+    destroy_distributed()
+    return str(path)
+
+
+def export_sharded(out_dir: str, source: str, layouts: list[dict]) -> list[str]:
+    """Per layout (ParallelConfig fields): the HF checkpoint `source` loaded into the sharded model
+    (each rank its own shards, vocabulary padded for that layout), then `write_hf_export` of the
+    sharded model into out_dir/layout<i> with small buckets and shards."""
+    from megatron.core import parallel_state
+
+    from r1mega.convert import load_hf_into_model
+    from r1mega.data.tokenizer import load_tokenizer
+    from r1mega.models.builder import build_model
+    from r1mega.parallel.config import ParallelConfig
+    from r1mega.parallel.distributed import destroy_distributed, init_distributed
+    from r1mega.training.hf_export import write_hf_export
+
+    cfg = pretrain_config(out_dir)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     written = []
     for i, layout in enumerate(layouts):
         pcfg = dataclasses.replace(ParallelConfig(), **layout)
         init_distributed(pcfg, seed=SEED)
         chunks = build_model(cfg.model, pcfg)
-        pe.load_sharded_(chunks, reference)
+        with torch.no_grad():  # NaN everywhere first: a tensor the load misses would show
+            for c in chunks:
+                for p in c.parameters():
+                    p.fill_(float("nan"))
+        load_hf_into_model(chunks, source, model_cfg=cfg.model)
         path = write_hf_export(
             chunks, cfg.model, tokenizer, Path(out_dir) / f"layout{i}",
             bucket_bytes=BUCKET_BYTES, max_shard_bytes=MAX_SHARD_BYTES,
