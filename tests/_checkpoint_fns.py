@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import sys
 from pathlib import Path
@@ -178,6 +179,17 @@ def bad_inputs(out_dir: str) -> dict:
     shutil.copytree(good, incomplete)
     attempt("incomplete directory", incomplete)
 
+    # an object in the RNG shard that would run code when unpickled: refused, and it never runs
+    real_rng_state = ckpt._rng_state
+    marker = Path(out_dir) / "code_ran"
+    ckpt._rng_state = lambda: {**real_rng_state(), "python": OpensAFile(str(marker))}
+    try:
+        poisoned = ckpt.save_checkpoint(Path(out_dir) / "poisoned", 5, chunks, optimizer, None, {}, model_config=model_cfg)
+    finally:
+        ckpt._rng_state = real_rng_state
+    attempt("pickled object", poisoned)
+    code_ran = marker.exists()
+
     parallel_state.destroy_model_parallel()
     wider = _model(["model.ffn_hidden_size=96"])
     attempt("wrong shape", good, wider)
@@ -204,6 +216,10 @@ def bad_inputs(out_dir: str) -> dict:
         ckpt.save_checkpoint(root, 6, chunks, optimizer, None, {"fn": lambda: 0}, model_config=model_cfg)
     except ckpt.CheckpointError as e:
         save_errors["unpicklable extra_state"] = str(e)
+    try:
+        ckpt.save_checkpoint(root, 6, chunks, optimizer, None, {"started": datetime.date(2026, 1, 1)}, model_config=model_cfg)
+    except ckpt.CheckpointError as e:
+        save_errors["not weights-only loadable extra_state"] = str(e)
     real_save = dist_checkpointing.save
 
     def failing_save(state, directory, *args, **kwargs):
@@ -223,7 +239,17 @@ def bad_inputs(out_dir: str) -> dict:
         "still_loads": ckpt.load_checkpoint(good, chunks, optimizer, None, model_config=model_cfg).step,
     }
     destroy_distributed()
-    return {"errors": errors, "unchanged": unchanged, "save_errors": save_errors, "after": after}
+    return {"errors": errors, "unchanged": unchanged, "save_errors": save_errors, "after": after, "code_ran": code_ran}
+
+
+class OpensAFile:
+    """Unpickling this creates `path`: proof that a loader ran code from the checkpoint."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ inputs fail clearly and leave directories as they were."""
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -185,19 +186,31 @@ def bad(tmp_path_factory):
         ("wrong shape", r"saved for a different model; ffn_hidden_size: 160 \(checkpoint\) vs 96 \(this run\)"),
         ("mismatched config", r"saved for a different model; rope_theta: 500000.0 \(checkpoint\) vs 10000.0"),
         ("wrong shape, no config record", r"iter_0000005: loading failed.*(shape|size)"),
+        ("pickled object", r"iter_0000005: refusing to load: .*Unsupported global: GLOBAL io.open.*only tensors and plain data"),
     ],
 )
 def test_bad_checkpoints_fail_clearly_and_are_left_untouched(bad, case, pattern):
-    import re
 
     assert re.search(pattern, bad["errors"][case], re.DOTALL), bad["errors"][case]
     assert bad["unchanged"][case], f"{case}: loading modified the checkpoint directory"
 
 
 @pytest.mark.dist
+def test_loading_never_runs_code_from_a_checkpoint(bad):
+    """Every read (common.pt and the per-rank RNG objects) is weights-only: the poisoned RNG shard
+    above was refused before its object could run."""
+    assert not bad["code_ran"]
+
+
+@pytest.mark.dist
 def test_failing_saves_leave_no_half_written_checkpoint(bad):
     assert "extra_state is not picklable" in bad["save_errors"]["unpicklable extra_state"]
     assert "No space left on device" in bad["save_errors"]["disk full"]
+    assert re.search(
+        r"extra_state could not be loaded back: .*Unsupported global: GLOBAL datetime.date",
+        bad["save_errors"]["not weights-only loadable extra_state"],
+    ), bad["save_errors"]
+
     assert bad["after"] == {"latest_unchanged": True, "listing_unchanged": True, "still_loads": 5}
 
 

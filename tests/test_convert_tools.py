@@ -189,3 +189,49 @@ def test_mcore_against_a_different_hf_config_is_refused(mcore_copy, tmp_path):
     msg = _error(_tool("convert_mcore_to_hf.py", "--mcore-dir", mcore_copy, "--out", out, "--hf-config", other))
     assert "does not match" in msg
     _nothing_written(out)
+
+
+class _OpensAFile:
+    """Unpickling this creates `path`: proof that a loader ran code from the checkpoint."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_mcore_with_a_pickled_object_is_refused_without_running_it(mcore_copy, tmp_path):
+    marker = tmp_path / "code_ran"
+    common = torch.load(mcore_copy / "common.pt", weights_only=True)
+    common["payload"] = _OpensAFile(str(marker))
+    torch.save(common, mcore_copy / "common.pt")
+    out = tmp_path / "out"
+    msg = _error(_tool("convert_mcore_to_hf.py", "--mcore-dir", mcore_copy, "--out", out))
+    assert "refusing to load" in msg and "io.open" in msg and "only tensors and plain data" in msg
+    assert not marker.exists(), "the checkpoint's pickle ran code"
+    _nothing_written(out)
+
+
+def test_tools_show_progress_bars(mcore_ckpt, tmp_path):
+    """Without --no-progress, each tool reports per tensor on stderr (tqdm), reaching its total."""
+    import re
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    back = tmp_path / "hf"
+    cmd = [sys.executable, str(REPO / "tools" / "convert_mcore_to_hf.py"), "--mcore-dir", str(mcore_ckpt), "--out", str(back)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    n = len(safetensors_state(back))
+    assert re.search(rf"export: 100%\|.*\| {n}/{n} ", proc.stderr), proc.stderr[-2000:]
+
+    mcore = tmp_path / "mcore"
+    cmd = [sys.executable, str(REPO / "tools" / "convert_hf_to_mcore.py"), "--hf-dir", str(back), "--out", str(mcore)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    # llama is untied: every HF tensor is one megatron tensor except q/k/v (3 -> 1) and gate/up (2 -> 1)
+    layers = sum(1 for name in safetensors_state(back) if name.endswith("self_attn.q_proj.weight"))
+    m = n - 3 * layers
+    assert re.search(rf"load \(rank 0's shards\): 100%\|.*\| {m}/{m} ", proc.stderr), proc.stderr[-2000:]

@@ -35,6 +35,8 @@ __all__ = [
     "check_mcore_checkpoint",
     "save_model_checkpoint",
     "load_model_checkpoint",
+    "weights_only_loads",
+    "unpickling_reason",
 ]
 
 RECORD_NAME = "r1mega_model.json"
@@ -149,8 +151,16 @@ def check_mcore_checkpoint(directory: PathLike) -> Any:
     return metadata
 
 
+def unpickling_reason(e: BaseException) -> str:
+    """The line of torch's weights-only refusal that names the object it would not unpickle."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    reason = next((line for line in lines if "Unsupported global" in line or "Unsupported operand" in line), None)
+    reason = (reason or (lines[-1] if lines else type(e).__name__)).split(". Please use")[0]  # not advice to allow it
+    return reason + " (only tensors and plain data are loaded)"
+
+
 @contextlib.contextmanager
-def _weights_only_loads() -> Iterator[None]:
+def weights_only_loads() -> Iterator[None]:
     """Force torch.load(weights_only=True) everywhere inside (megatron and DCP call torch.load)."""
     saved = {k: os.environ.get(k) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
@@ -213,10 +223,12 @@ def load_model_checkpoint(model_chunks, directory: PathLike, *, checked: Optiona
         check_mcore_checkpoint(directory)
     sharded = _tensors_only(_sharded_state_dict(model_chunks))
     try:
-        with _weights_only_loads():
+        with weights_only_loads():
             state = dist_checkpointing.load(sharded, str(directory))
     except CheckpointingException as e:
         raise ValueError(f"{directory}: the checkpoint does not fit the model: {e}") from None
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{directory}: refusing to load: {unpickling_reason(e)}") from None
     chunks = [unwrap(c) for c in model_chunks]
     keys = ["model"] if len(chunks) == 1 else [f"model{i}" for i in range(len(chunks))]
     for key, chunk in zip(keys, chunks):

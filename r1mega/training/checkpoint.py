@@ -34,6 +34,7 @@ Preemption: `PreemptionWatcher` turns SIGTERM/SIGUSR1 into a flag; the trainer a
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -187,11 +188,14 @@ def _layout() -> dict[str, int]:
 
 
 def _rng_state() -> dict[str, Any]:
+    """Every state as tensors and plain data, so that it loads with weights_only (numpy's key
+    array becomes an int64 tensor)."""
     from megatron.core import tensor_parallel
 
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(),  # on CPU: megatron's stand-in CUDA generator (parallel/cpu.py)
         "tracker": {k: v.clone() for k, v in tensor_parallel.get_cuda_rng_tracker().get_states().items()},
@@ -202,7 +206,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     from megatron.core import tensor_parallel
 
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     torch.cuda.set_rng_state(state["cuda"])
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
@@ -396,6 +401,7 @@ def save_checkpoint(
         pickle.dumps(extra_state)
     except Exception as e:
         raise CheckpointError(f"save_checkpoint: extra_state is not picklable ({type(e).__name__}: {e})") from None
+    _check_weights_only(extra_state)
     root = Path(root)
     final = root / checkpoint_name(step)
     tmp = root / (checkpoint_name(step) + _INCOMPLETE)
@@ -442,6 +448,20 @@ def save_checkpoint(
     _barrier()
     logger.info("saved checkpoint %s in %.1fs", final, time.perf_counter() - start)
     return final
+
+
+def _check_weights_only(extra_state: dict) -> None:
+    """extra_state must load back with weights_only (loading never unpickles arbitrary objects):
+    tensors, numbers, strings, None, and lists/tuples/dicts of them."""
+    from r1mega.convert.mcore_checkpoint import unpickling_reason
+
+    buffer = io.BytesIO()
+    torch.save(extra_state, buffer)
+    buffer.seek(0)
+    try:
+        torch.load(buffer, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"save_checkpoint: extra_state could not be loaded back: {unpickling_reason(e)}") from None
 
 
 def _prune(root: Path, keep_last: int) -> None:
@@ -496,6 +516,11 @@ def _check_model_config(path: Path, info: dict, model_config) -> None:
 def _explain_load_error(path: Path, e: BaseException) -> CheckpointError:
     """The line that says what went wrong: torch's CheckpointException wraps each rank's traceback."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    refused = next((line for line in lines if "Unsupported global" in line), None)
+    if refused is not None:  # a rank's weights-only read, wrapped by torch.distributed.checkpoint
+        from r1mega.convert.mcore_checkpoint import unpickling_reason
+
+        return CheckpointError(f"{path}: refusing to load: {unpickling_reason(RuntimeError(refused))}")
     reason = next((line for line in reversed(lines) if "Exception:" in line or "Error:" in line), lines[-1] if lines else "")
     return CheckpointError(f"{path}: loading failed: {reason or type(e).__name__}")
 
@@ -543,8 +568,13 @@ def load_checkpoint(
         request["rng_state"] = _rng_sharded_object()
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
+    from r1mega.convert.mcore_checkpoint import unpickling_reason, weights_only_loads
+
     try:
-        loaded = dist_checkpointing.load(request, str(path))
+        with weights_only_loads():  # every torch.load inside, DCP's object reads included
+            loaded = dist_checkpointing.load(request, str(path))
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refusing to load: {unpickling_reason(e)}") from None
     except (Exception, CheckpointException) as e:
         raise _explain_load_error(path, e) from e
     for i, chunk in enumerate(model_chunks):

@@ -97,8 +97,9 @@ class PretrainConfig:
     """`document`: every token is a target (plain pretraining on the text); `response`: only the
     tokens after the prompt (like SFT)."""
     export_hf: bool = True
-    """Also write a Hugging Face export (safetensors + config.json + tokenizer) of the final model
-    when the conversion code is available (r1mega.convert.export_hf_tensors)."""
+    """Also write a Hugging Face export of the final model to run_dir/hf (safetensors, config.json,
+    generation_config.json, tokenizer: r1mega.training.hf_export), loadable by transformers, SGLang
+    and the built-in rollout engine. Not written when the run stops on a signal."""
 
     def validate(self) -> None:
         if not 0.0 <= self.format_fraction <= 1.0:

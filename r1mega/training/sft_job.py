@@ -3,7 +3,8 @@
 Start-up order: distributed groups; tokenizer and datasets (every rank builds the same ones;
 they are small or generated); where to start from (`checkpoint.resume`, else
 `checkpoint.init_from` weights, else a fresh init); the loop, saving every `checkpoint.save_every`
-steps and on SIGTERM/SIGUSR1; a final save; for `pretrain`, an HF export when available.
+steps and on SIGTERM/SIGUSR1; a final save; for `pretrain` (pretrain.export_hf), an HF export
+in run_dir/hf.
 Files go to the run directory `run.output_dir/run.name`: `<stage>_config.yaml` (the resolved
 config), metrics.jsonl, metrics.png, tensorboard/, eval_samples_step*.jsonl, checkpoints/.
 """
@@ -138,17 +139,11 @@ def run_supervised(cfg: Config, stage: Stage) -> JobResult:
 
 
 def _export_hf(cfg: Config, trainer, tokenizer) -> None:
-    """HF safetensors + config.json + tokenizer of the final model, when r1mega.convert has the
-    exporter; otherwise a log line (the megatron checkpoint is the artifact)."""
-    try:
-        from r1mega.convert import export_hf_tensors  # noqa: F401
-    except ImportError:
-        _say("HF export skipped: r1mega.convert.export_hf_tensors is not available in this build")
-        return
+    """HF safetensors + config.json + generation_config.json + tokenizer of the final model in
+    run_dir/hf (a collective; replaces an earlier export once the new one is complete)."""
     from r1mega.training.hf_export import write_hf_export
 
-    out = cfg.run.run_dir / "hf"
-    write_hf_export(trainer.model, cfg.model, tokenizer, out)
+    out = write_hf_export(trainer.model, cfg.model, tokenizer, cfg.run.run_dir / "hf")
     _say(f"HF export written to {out}")
 
 

@@ -1,0 +1,93 @@
+"""The HF export of `r1mega pretrain` (r1mega.training.hf_export.write_hf_export): the directory the
+job writes loads in transformers with the trained model's logits, carries the tokenizer and EOS, and
+loads in the built-in rollout engine; the same weights sharded TP=2 or PP=2 export bit-identically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from r1mega.parallel.launch import run_distributed
+from tests import _hf_export_fns
+from tests.convert_helpers import bitwise_differences, random_tokens, relative_error, safetensors_state
+
+LOGITS_TOL = 1e-4  # relative, float32
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain_export")
+    tokens = random_tokens(seed=3, batch=2, seq=16)
+    (result,) = run_distributed(_hf_export_fns.pretrain_and_export, 1, str(out), tokens, timeout=600)
+    return result, tokens
+
+
+@pytest.mark.dist
+def test_pretrain_export_loads_in_transformers_with_the_trained_logits(pretrained):
+    from transformers import AutoModelForCausalLM
+
+    result, tokens = pretrained
+    hf_dir = Path(result["hf_dir"])
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32, local_files_only=True)
+    assert model.config.vocab_size == 520  # the padded megatron rows were dropped
+    with torch.no_grad():
+        got = model(input_ids=tokens).logits.float()
+    want = result["logits"]
+    assert got.shape == want.shape
+    err = relative_error(got, want)
+    assert err <= LOGITS_TOL, f"logits off by {err:.2e} (relative)"
+    # the directory is complete and nothing temporary is left beside it
+    assert sorted(p.name for p in hf_dir.parent.iterdir() if p.name.startswith(".hf")) == []
+
+
+@pytest.mark.dist
+def test_pretrain_export_carries_the_tokenizer_and_eos(pretrained):
+    from r1mega.data.tokenizer import load_tokenizer
+
+    result, _ = pretrained
+    hf_dir = Path(result["hf_dir"])
+    tiny, exported = load_tokenizer("tiny"), load_tokenizer(hf_dir)
+    text = "12+34=<think> 4+2=6 </think> <answer>46</answer>"
+    assert exported(text)["input_ids"] == tiny(text)["input_ids"]
+    config = json.loads((hf_dir / "config.json").read_text())
+    generation = json.loads((hf_dir / "generation_config.json").read_text())
+    assert config["eos_token_id"] == generation["eos_token_id"] == tiny.eos_token_id
+    assert config["pad_token_id"] == tiny.pad_token_id
+    assert config["architectures"] == ["Qwen2ForCausalLM"] and config["dtype"] == "float32"
+
+
+@pytest.mark.dist
+def test_rollout_engine_loads_the_export(pretrained):
+    from r1mega.rollout.builtin import BuiltinEngine
+    from r1mega.rollout.types import SamplingParams
+
+    result, tokens = pretrained
+    engine = BuiltinEngine(result["hf_dir"], dtype="float32", device="cpu")
+    assert engine.eos_token_ids == [0]  # the tiny tokenizer's EOS, from config.json
+    with torch.no_grad():
+        got = engine.model(input_ids=tokens, use_cache=False).logits.float()
+    assert relative_error(got, result["logits"]) <= LOGITS_TOL
+    (sample,) = engine.generate([tokens[0].tolist()], SamplingParams(max_new_tokens=4, temperature=0.0))
+    assert 1 <= len(sample.response_token_ids) <= 4
+
+
+@pytest.mark.dist
+def test_sharded_models_export_bit_identically(tmp_path):
+    """Random weights exported by one process, loaded at TP=2 and at PP=2 (2 ranks) and exported
+    again with buckets and shards small enough for several of each: the same tensors, bit for bit
+    (TP=2 pads the vocabulary to 640 rows, one process to 576; HF has 520)."""
+    (single,) = run_distributed(_hf_export_fns.export_reference, 1, str(tmp_path / "one"), timeout=600)
+    layouts = [{"tp": 2}, {"pp": 2}]
+    per_rank = run_distributed(_hf_export_fns.export_sharded, 2, str(tmp_path / "two"), single, layouts, timeout=600)
+    assert per_rank[0] == per_rank[1]
+    want = safetensors_state(single)
+    assert len(want) > 10 and all(torch.isfinite(t).all() and t.std() > 0 for t in want.values())
+    assert want["model.embed_tokens.weight"].shape == (520, 128) and "lm_head.weight" not in want  # tied
+    for layout, path in zip(layouts, per_rank[0], strict=True):
+        path = Path(path)
+        assert (path / "model.safetensors.index.json").is_file() and len(list(path.glob("*.safetensors"))) > 1
+        assert bitwise_differences(want, safetensors_state(path)) == [], layout
+        assert json.loads((path / "config.json").read_text()) == json.loads((Path(single) / "config.json").read_text())
