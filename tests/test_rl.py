@@ -135,7 +135,7 @@ def test_job_logs_every_metric_and_the_engine_matches_the_trainer(tp1_run, start
     assert os.path.isdir(f"{run_dir}/checkpoints/iter_0000003")
 
 
-def test_weights_change_the_policy(tp1_run):
+def test_a_single_update_per_batch_has_ratio_one(tp1_run):
     rows = [r for r in tp1_run["rows"] if r["step"] > 0]
     # after the first update, steps still sample at the synced weights (mismatch ~0 above) and the
     # importance ratio of a single update is exactly 1
