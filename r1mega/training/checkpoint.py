@@ -46,12 +46,12 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from r1mega.configlib import ConfigError, to_dict
+from r1mega.configlib import to_dict
 from r1mega.training.checkpoint_config import CheckpointConfig  # noqa: F401  (re-exported)
 
 __all__ = [

@@ -42,6 +42,7 @@ from r1mega.config import Config
 from r1mega.data.sampler import PromptSampler
 from r1mega.training.batching import dp_share, pad_multiple
 from r1mega.training.megatron_step import forward_backward, wrap_with_ddp
+from r1mega.training.trainer_common import find_metrics_source, trainer_config_overrides
 from r1mega.training.policy_logprob import hidden_states_forward, response_logprobs, unwrap_gpt
 from r1mega.training.rl_batch import Trajectory, build_rl_microbatches
 
@@ -109,7 +110,7 @@ class RLTrainer:
         self.multiple = pad_multiple(self.rl.pad_to_multiple, self.cfg.parallel.tp, self.cfg.parallel.sequence_parallel)
         self.is_last_stage = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
         dtype = torch.bfloat16 if self.rl.params_dtype == "bfloat16" else torch.float32
-        overrides = self._config_overrides()
+        overrides = trainer_config_overrides(self.cfg)
         chunks = build_model(self.cfg.model, self.cfg.parallel, params_dtype=dtype, config_overrides=overrides)
         if init_fn is not None:
             init_fn(chunks)
@@ -121,25 +122,10 @@ class RLTrainer:
         self.optimizer = build_optimizer(self.cfg.optimizer, self.model, self.cfg.parallel)
         self.scheduler = build_lr_scheduler(self.optimizer, self.cfg.optimizer, total_updates)
         self._plan = export_plan([unwrap_gpt(c) for c in self.model], self.cfg.model)
-        self._metrics_src = self._find_metrics_source()
+        self._metrics_src = find_metrics_source(self.is_last_stage, self.dp_rank)
         if dist.get_rank() == 0:
             self._start_engine_and_rewards()
         self.sync_weights()
-
-    def _config_overrides(self) -> dict:
-        from r1mega.configlib import ConfigError
-
-        overrides: dict[str, Any] = {"calculate_per_token_loss": True}
-        if self.cfg.parallel.pp > 1:
-            overrides["variable_seq_lengths"] = True  # microbatches differ in length
-            if not self.cfg.model.is_moe:
-                overrides["moe_token_dispatcher_type"] = "alltoall"
-            elif self.cfg.model.moe_token_dispatcher_type != "alltoall":
-                raise ConfigError(
-                    "model.moe_token_dispatcher_type: pipeline parallelism with variable-length "
-                    "microbatches needs the alltoall dispatcher"
-                )
-        return overrides
 
     def _start_engine_and_rewards(self) -> None:
         from r1mega.convert import hf_config_from_model_config
@@ -159,20 +145,6 @@ class RLTrainer:
         if self.rewards is not None:
             self.rewards.close()
             self.rewards = None
-
-    def _find_metrics_source(self) -> int:
-        import torch.distributed as dist
-        from megatron.core import parallel_state
-
-        mine = (
-            self.is_last_stage
-            and parallel_state.get_tensor_model_parallel_rank() == 0
-            and parallel_state.get_context_parallel_rank() == 0
-            and self.dp_rank == 0
-        )
-        flag = torch.tensor([dist.get_rank() if mine else -1], dtype=torch.long)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item())
 
     @torch.no_grad()
     def _copy_into_reference(self, source_chunks: list) -> None:

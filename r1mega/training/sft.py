@@ -33,6 +33,7 @@ from r1mega.config import Config
 from r1mega.data.sampler import PromptSampler
 from r1mega.training.batching import build_microbatches, dp_share, pad_multiple
 from r1mega.training.megatron_step import forward_backward, wrap_with_ddp
+from r1mega.training.trainer_common import find_metrics_source, trainer_config_overrides
 
 __all__ = ["SupervisedTrainer", "token_sum_loss"]
 
@@ -109,51 +110,14 @@ class SupervisedTrainer:
                 f"{self.cfg.model.max_position_embeddings} (lower data.max_sft_tokens)"
             )
         dtype = torch.bfloat16 if self.sft.params_dtype == "bfloat16" else torch.float32
-        chunks = build_model(self.cfg.model, self.cfg.parallel, params_dtype=dtype, config_overrides=self._config_overrides())
+        chunks = build_model(self.cfg.model, self.cfg.parallel, params_dtype=dtype, config_overrides=trainer_config_overrides(self.cfg))
         if init_fn is not None:
             init_fn(chunks)
         self.model = wrap_with_ddp(chunks, self.cfg.parallel)
         self.optimizer = build_optimizer(self.cfg.optimizer, self.model, self.cfg.parallel)
         self.scheduler = build_lr_scheduler(self.optimizer, self.cfg.optimizer, self.total_steps)
         self.is_last_stage = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
-        self._metrics_src = self._find_metrics_source()
-
-    def _config_overrides(self) -> dict:
-        """TransformerConfig settings the trainer needs on top of the model's own."""
-        from r1mega.configlib import ConfigError
-
-        overrides = {"calculate_per_token_loss": True}  # token-mean over the global batch (module docstring)
-        if self.cfg.parallel.pp > 1:
-            # microbatches differ in length (and in size, under a token budget): stages exchange
-            # each activation's shape first. megatron allows that with the alltoall dispatcher only.
-            overrides["variable_seq_lengths"] = True
-            if not self.cfg.model.is_moe:
-                overrides["moe_token_dispatcher_type"] = "alltoall"  # dense model: no dispatcher runs
-            elif self.cfg.model.moe_token_dispatcher_type != "alltoall":
-                raise ConfigError(
-                    "model.moe_token_dispatcher_type: pipeline parallelism with variable-length "
-                    "microbatches needs the alltoall dispatcher (megatron-core refuses allgather)"
-                )
-        return overrides
-
-    def _find_metrics_source(self) -> int:
-        """Global rank of the last pipeline stage's TP/CP/DP rank 0: it holds the reduced metrics."""
-        import torch.distributed as dist
-        from megatron.core import parallel_state
-
-        mine = (
-            self.is_last_stage
-            and parallel_state.get_tensor_model_parallel_rank() == 0
-            and parallel_state.get_context_parallel_rank() == 0
-            and self.dp_rank == 0
-        )
-        flag = torch.tensor([dist.get_rank() if mine else -1], dtype=torch.long)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item())
-
-    # ----------------------------------------------------------------------------------------------
-    # one step
-    # ----------------------------------------------------------------------------------------------
+        self._metrics_src = find_metrics_source(self.is_last_stage, self.dp_rank)
 
     def _microbatches(self, examples: Sequence) -> list[dict]:
         return build_microbatches(
