@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from r1mega.library_warnings import quiet_library_warnings
+
 # verb -> (module, one-line help). Keep in the order a user meets them.
 VERBS: dict[str, tuple[str, str]] = {
     "config": ("r1mega.commands.config", "resolve a config (YAML + overrides), validate it and print it"),
@@ -34,27 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Deprecation and "optional package missing" notices of the libraries underneath, printed by every
-# rank at every start: they say nothing about the job (CPU runs have no apex, no CUDA connections).
-_QUIET_WARNINGS = (
-    r"Apex is not installed",
-    r".*CUDA_DEVICE_MAX_CONNECTIONS",
-    r"full scope is deprecated",
-    r"`torch\.distributed\.\w+` is deprecated",
-    r"Please use DTensor instead",
-    r"`load_state_dict` is deprecated",
-)
-
-
-def _quiet_library_warnings() -> None:
-    import warnings
-
-    for pattern in _QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
-
-
 def main(argv: list[str] | None = None) -> int:
-    _quiet_library_warnings()
+    quiet_library_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     from r1mega.configlib import ConfigError

@@ -10,6 +10,8 @@ shared expert, grouped sigmoid routing with a correction bias and a routed scali
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -111,3 +113,29 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 def free_env() -> dict[str, str]:
     """Ranks of the multi-process tests run one torch thread each (the machine has 2 shared cores)."""
     return {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore")}
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_tool(name: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
+    """tools/<name> as a user runs it: a fresh process, one thread per rank, no progress bars."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, str(REPO / "tools" / name), "--no-progress", *map(str, args)]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def tool_error(proc: subprocess.CompletedProcess) -> str:
+    """The first `error: ` line of a run that must have refused (exit 1)."""
+    assert proc.returncode == 1, f"expected a refusal, got exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert lines, proc.stderr
+    return lines[0]
+
+
+def assert_nothing_written(out: Path) -> None:
+    """Neither the output directory nor a temporary beside it exists."""
+    assert not out.exists(), f"{out} was created"
+    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")], "temporary left behind"

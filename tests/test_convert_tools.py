@@ -16,29 +16,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from r1mega.convert.hf_config import config_mismatches, model_config_from_hf
-from tests.convert_helpers import bitwise_differences, hf_logits, make_hf_checkpoint, random_tokens, safetensors_state
+from tests.convert_helpers import (
+    assert_nothing_written,
+    bitwise_differences,
+    hf_logits,
+    make_hf_checkpoint,
+    random_tokens,
+    run_tool,
+    safetensors_state,
+    tool_error,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _tool(name: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    cmd = [sys.executable, str(REPO / "tools" / name), "--no-progress", *map(str, args)]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _error(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 1, f"expected a refusal, got exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert lines, proc.stderr
-    return lines[0]
-
-
-def _nothing_written(out: Path) -> None:
-    assert not out.exists(), f"{out} was created"
-    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")], "temporary left behind"
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +50,12 @@ def hf_sharded(tmp_path_factory) -> Path:
 @pytest.mark.dist
 def test_round_trip_through_a_tp2_checkpoint_is_bit_identical(hf_sharded, tmp_path):
     mcore, back = tmp_path / "mcore", tmp_path / "hf_back"
-    proc = _tool("convert_hf_to_mcore.py", "--hf-dir", hf_sharded, "--out", mcore, "--tp", 2)
+    proc = run_tool("convert_hf_to_mcore.py", "--hf-dir", hf_sharded, "--out", mcore, "--tp", 2)
     assert proc.returncode == 0, proc.stderr
     assert (mcore / "metadata.json").is_file() and (mcore / "r1mega_model.json").is_file()
     assert len(list(mcore.glob("*.distcp"))) >= 2  # both TP ranks saved their shards
 
-    proc = _tool("convert_mcore_to_hf.py", "--mcore-dir", mcore, "--out", back, "--max-shard-size", 1)
+    proc = run_tool("convert_mcore_to_hf.py", "--mcore-dir", mcore, "--out", back, "--max-shard-size", 1)
     assert proc.returncode == 0, proc.stderr
     assert bitwise_differences(safetensors_state(hf_sharded), safetensors_state(back)) == []
     assert config_mismatches(model_config_from_hf(hf_sharded), back) == []
@@ -94,9 +83,9 @@ def test_missing_shard_is_refused(hf_copy, tmp_path):
     victim = sorted(hf_copy.glob("*.safetensors"))[-1]
     victim.unlink()
     out = tmp_path / "out"
-    msg = _error(_tool("convert_hf_to_mcore.py", "--hf-dir", hf_copy, "--out", out))
+    msg = tool_error(run_tool("convert_hf_to_mcore.py", "--hf-dir", hf_copy, "--out", out))
     assert "missing" in msg and victim.name in msg
-    _nothing_written(out)
+    assert_nothing_written(out)
 
 
 def test_truncated_safetensors_is_refused(hf_copy, tmp_path):
@@ -104,9 +93,9 @@ def test_truncated_safetensors_is_refused(hf_copy, tmp_path):
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) - 100])
     out = tmp_path / "out"
-    msg = _error(_tool("convert_hf_to_mcore.py", "--hf-dir", hf_copy, "--out", out))
+    msg = tool_error(run_tool("convert_hf_to_mcore.py", "--hf-dir", hf_copy, "--out", out))
     assert "truncated" in msg and victim.name in msg
-    _nothing_written(out)
+    assert_nothing_written(out)
 
 
 def test_wrong_tensor_shape_is_refused(hf_copy, tmp_path):
@@ -117,9 +106,9 @@ def test_wrong_tensor_shape_is_refused(hf_copy, tmp_path):
     tensors[name] = torch.randn(24, tensors[name].shape[1])
     save_file(tensors, str(path), metadata={"format": "pt"})
     out = tmp_path / "out"
-    msg = _error(_tool("convert_hf_to_mcore.py", "--hf-dir", hf_copy, "--out", out))
+    msg = tool_error(run_tool("convert_hf_to_mcore.py", "--hf-dir", hf_copy, "--out", out))
     assert name in msg and "(24, 64)" in msg and "(32, 64)" in msg
-    _nothing_written(out)
+    assert_nothing_written(out)
 
 
 def test_mismatched_model_config_is_refused_field_by_field(hf_copy, tmp_path):
@@ -131,19 +120,19 @@ def test_mismatched_model_config_is_refused_field_by_field(hf_copy, tmp_path):
         "qk_layernorm: true\nnum_experts: 8\nmoe_ffn_hidden_size: 48\nmoe_router_topk: 2\n"
     )
     out = tmp_path / "out"
-    proc = _tool("convert_hf_to_mcore.py", "--hf-dir", hf_copy, "--out", out, "--model-config", yaml_path)
-    msg = _error(proc)
+    proc = run_tool("convert_hf_to_mcore.py", "--hf-dir", hf_copy, "--out", out, "--model-config", yaml_path)
+    msg = tool_error(proc)
     assert "does not match" in msg and "(2 field(s) differ)" in msg
     assert "num_layers: model config has 4, config.json gives 2" in proc.stderr
     assert "moe_ffn_hidden_size: model config has 48, config.json gives 32" in proc.stderr
-    _nothing_written(out)
+    assert_nothing_written(out)
 
 
 def test_existing_output_is_not_touched_without_overwrite(hf_copy, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    msg = _error(_tool("convert_hf_to_mcore.py", "--hf-dir", hf_copy, "--out", out))
+    msg = tool_error(run_tool("convert_hf_to_mcore.py", "--hf-dir", hf_copy, "--out", out))
     assert "already exists" in msg
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
@@ -157,7 +146,7 @@ def test_existing_output_is_not_touched_without_overwrite(hf_copy, tmp_path):
 def mcore_ckpt(tmp_path_factory) -> Path:
     hf = make_hf_checkpoint("llama", tmp_path_factory.mktemp("llama"), seed=62)
     out = tmp_path_factory.mktemp("mcore_parent") / "mcore"
-    proc = _tool("convert_hf_to_mcore.py", "--hf-dir", hf, "--out", out)
+    proc = run_tool("convert_hf_to_mcore.py", "--hf-dir", hf, "--out", out)
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -174,21 +163,21 @@ def test_mcore_missing_or_truncated_storage_is_refused(mcore_copy, tmp_path):
     data = storage.read_bytes()
     storage.write_bytes(data[: len(data) // 2])
     out = tmp_path / "out"
-    msg = _error(_tool("convert_mcore_to_hf.py", "--mcore-dir", mcore_copy, "--out", out))
+    msg = tool_error(run_tool("convert_mcore_to_hf.py", "--mcore-dir", mcore_copy, "--out", out))
     assert "truncated" in msg and storage.name in msg
-    _nothing_written(out)
+    assert_nothing_written(out)
     storage.unlink()
-    msg = _error(_tool("convert_mcore_to_hf.py", "--mcore-dir", mcore_copy, "--out", out))
+    msg = tool_error(run_tool("convert_mcore_to_hf.py", "--mcore-dir", mcore_copy, "--out", out))
     assert "missing" in msg and storage.name in msg
-    _nothing_written(out)
+    assert_nothing_written(out)
 
 
 def test_mcore_against_a_different_hf_config_is_refused(mcore_copy, tmp_path):
     other = make_hf_checkpoint("llama", tmp_path / "other", seed=63, num_hidden_layers=4)
     out = tmp_path / "out"
-    msg = _error(_tool("convert_mcore_to_hf.py", "--mcore-dir", mcore_copy, "--out", out, "--hf-config", other))
+    msg = tool_error(run_tool("convert_mcore_to_hf.py", "--mcore-dir", mcore_copy, "--out", out, "--hf-config", other))
     assert "does not match" in msg
-    _nothing_written(out)
+    assert_nothing_written(out)
 
 
 class _OpensAFile:
@@ -207,10 +196,10 @@ def test_mcore_with_a_pickled_object_is_refused_without_running_it(mcore_copy, t
     common["payload"] = _OpensAFile(str(marker))
     torch.save(common, mcore_copy / "common.pt")
     out = tmp_path / "out"
-    msg = _error(_tool("convert_mcore_to_hf.py", "--mcore-dir", mcore_copy, "--out", out))
+    msg = tool_error(run_tool("convert_mcore_to_hf.py", "--mcore-dir", mcore_copy, "--out", out))
     assert "refusing to load" in msg and "io.open" in msg and "only tensors and plain data" in msg
     assert not marker.exists(), "the checkpoint's pickle ran code"
-    _nothing_written(out)
+    assert_nothing_written(out)
 
 
 def test_tools_show_progress_bars(mcore_ckpt, tmp_path):

@@ -1,6 +1,7 @@
 """The HF export of `r1mega pretrain` (r1mega.training.hf_export.write_hf_export): the directory the
 job writes loads in transformers with the trained model's logits, carries the tokenizer and EOS, and
-loads in the built-in rollout engine; the same weights sharded TP=2 or PP=2 export bit-identically."""
+loads in the built-in rollout engine; the same weights sharded TP=2 or PP=2 export bit-identically;
+tools/convert_mcore_to_hf.py turns the job's training checkpoint into the same directory."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ import torch
 
 from r1mega.parallel.launch import run_distributed
 from tests import _hf_export_fns
-from tests.convert_helpers import bitwise_differences, random_tokens, relative_error, safetensors_state
+from tests.convert_helpers import (
+    assert_nothing_written,
+    bitwise_differences,
+    random_tokens,
+    relative_error,
+    run_tool,
+    safetensors_state,
+    tool_error,
+)
 
 LOGITS_TOL = 1e-4  # relative, float32
 
@@ -91,3 +100,62 @@ def test_sharded_models_export_bit_identically(tmp_path):
         assert (path / "model.safetensors.index.json").is_file() and len(list(path.glob("*.safetensors"))) > 1
         assert bitwise_differences(want, safetensors_state(path)) == [], layout
         assert json.loads((path / "config.json").read_text()) == json.loads((Path(single) / "config.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------------
+# tools/convert_mcore_to_hf.py on a training checkpoint
+# ------------------------------------------------------------------------------------------------
+
+_EXPORT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+@pytest.mark.dist
+def test_convert_tool_exports_a_training_checkpoint_as_the_run_did(pretrained, tmp_path):
+    """The run's checkpoint root, loaded at TP=2 by the tool: the same HF directory the pretrain job
+    wrote from its live model at the same step (tensors bit for bit, configs and tokenizer equal)."""
+    result, _ = pretrained
+    root = Path(result["checkpoint"]).parent
+    out = tmp_path / "hf"
+    proc = run_tool("convert_mcore_to_hf.py", "--mcore-dir", root, "--out", out, "--tp", 2)
+    assert proc.returncode == 0, proc.stderr
+    assert "step 2" in proc.stdout and "Apex" not in proc.stderr  # library start-up notices quieted
+    job_export = Path(result["hf_dir"])
+    want = safetensors_state(job_export)
+    assert len(want) > 10
+    assert bitwise_differences(want, safetensors_state(out)) == []
+    for name in _EXPORT_FILES:
+        assert (out / name).read_text() == (job_export / name).read_text(), name
+
+
+def _copy_checkpoint(result: dict, dest: Path) -> Path:
+    """The final checkpoint alone, away from its run directory (no run config beside it)."""
+    import shutil
+
+    path = dest / "checkpoints" / Path(result["checkpoint"]).name
+    shutil.copytree(result["checkpoint"], path)
+    return path
+
+
+@pytest.mark.dist
+def test_convert_tool_names_what_a_training_checkpoint_lacks(pretrained, tmp_path):
+    result, _ = pretrained
+    path = _copy_checkpoint(result, tmp_path / "lone")
+    out = tmp_path / "hf"
+    # no run config beside it: the tokenizer must be named
+    err = tool_error(run_tool("convert_mcore_to_hf.py", "--mcore-dir", path, "--out", out))
+    assert "pretrain_config.yaml" in err and "--tokenizer" in err, err
+    assert_nothing_written(out)
+    # no model_config recorded (an older save): say which model it is
+    info_path = path / "r1mega.json"
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps({**info, "model_config": None}))
+    err = tool_error(run_tool("convert_mcore_to_hf.py", "--mcore-dir", path, "--out", out, "--tokenizer", "tiny"))
+    assert str(info_path) in err and "--model-config" in err, err
+    assert_nothing_written(out)
+    # a save that never finished (its record disagrees on the step), alone or as the root's only one
+    info_path.write_text(json.dumps({**info, "step": info["step"] + 1}))
+    err = tool_error(run_tool("convert_mcore_to_hf.py", "--mcore-dir", path, "--out", out, "--tokenizer", "tiny"))
+    assert "incomplete training checkpoint" in err, err
+    err = tool_error(run_tool("convert_mcore_to_hf.py", "--mcore-dir", path.parent, "--out", out, "--tokenizer", "tiny"))
+    assert "no complete training checkpoint" in err, err
+    assert_nothing_written(out)

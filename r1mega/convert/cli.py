@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 import torch
 
+from r1mega.library_warnings import quiet_library_warnings
 from r1mega.models.config import ModelConfig
 from r1mega.parallel.config import ParallelConfig
 
@@ -92,6 +93,7 @@ def _rank_entry(rank_fn: Callable, args) -> Optional[str]:
     """Rank body: None on success, the error message of a user mistake otherwise."""
     from r1mega.parallel.distributed import destroy_distributed
 
+    quiet_library_warnings()
     try:
         rank_fn(args)
         return None

@@ -62,12 +62,14 @@ def write_hf_export(
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     overwrite: bool = True,
+    hf_base=None,
 ) -> Path:
     """Write the HF checkpoint of `model_chunks` (this rank's chunks, any layout) to `out_dir`.
 
     Every rank must call it. `tokenizer`: a transformers tokenizer (its files and token ids go into
     the directory). `overwrite`: replace an existing `out_dir` once the new export is complete (a
-    resumed run re-exports); with False an existing directory is a ValueError. Returns `out_dir`.
+    resumed run re-exports); with False an existing directory is a ValueError. `hf_base`: an
+    original config.json whose non-architecture fields are kept. Returns `out_dir`.
     """
     from r1mega.convert.atomic import atomic_directory
     from r1mega.convert.export import export_hf_tensors
@@ -83,7 +85,7 @@ def write_hf_export(
         buckets = export_hf_tensors(chunks, bucket_bytes, model_cfg=model_cfg)
         if _is_rank0():
             write_safetensors_shards(buckets, tmp, max_shard_bytes=max_shard_bytes)
-            _write_configs(tmp, model_cfg, token_ids, dtype)
+            _write_configs(tmp, model_cfg, token_ids, dtype, hf_base)
             tokenizer.save_pretrained(str(tmp))
         else:
             for bucket in buckets:  # every rank takes part in the gathers and broadcasts
@@ -91,12 +93,14 @@ def write_hf_export(
     return out_dir
 
 
-def _write_configs(directory: Path, model_cfg: ModelConfig, token_ids: dict[str, int], dtype: torch.dtype) -> None:
+def _write_configs(
+    directory: Path, model_cfg: ModelConfig, token_ids: dict[str, int], dtype: torch.dtype, hf_base=None
+) -> None:
     from transformers import GenerationConfig
 
     from r1mega.convert.hf_config import hf_config_from_model_config
 
-    config = hf_config_from_model_config(model_cfg)
+    config = hf_config_from_model_config(model_cfg, base=hf_base)
     for key, value in token_ids.items():
         setattr(config, key, value)
     config.dtype = str(dtype).removeprefix("torch.")
