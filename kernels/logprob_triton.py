@@ -141,6 +141,34 @@ def _num_sms(device: torch.device) -> int:
 
 
 @triton.jit
+def _logits_tile(
+    h_ptr, w_ptr, rows64, row_ok, cols64, col_ok, H,
+    stride_hn, stride_hh, stride_wv, stride_wh,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """x = h[rows] . W[cols]^T for one [BLOCK_N, BLOCK_V] tile: fp32 accumulator, K-loop over H.
+
+    Forward and backward recompute logits with this same loop, so both see identical values.
+    """
+    ks0 = tl.arange(0, BLOCK_H)
+    acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
+    for k0 in range(0, H, BLOCK_H):
+        ks = k0 + ks0
+        k_ok = ks < H
+        a = tl.load(
+            h_ptr + rows64[:, None] * stride_hn + ks[None, :] * stride_hh,
+            mask=row_ok[:, None] & k_ok[None, :], other=0.0,
+        )
+        b = tl.load(
+            w_ptr + cols64[None, :] * stride_wv + ks[:, None] * stride_wh,
+            mask=col_ok[None, :] & k_ok[:, None], other=0.0,
+        )
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    return acc
+
+
+@triton.jit
 def _logprob_stats_kernel(
     h_ptr, w_ptr, tgt_ptr, out_ptr,
     N, V, H,
@@ -169,24 +197,14 @@ def _logprob_stats_kernel(
     num_tiles = tl.cdiv(V, BLOCK_V)
     t_begin = pid_s * tiles_per_split
     t_end = tl.minimum(t_begin + tiles_per_split, num_tiles)
-    ks0 = tl.arange(0, BLOCK_H)
     for vt in range(t_begin, t_end):
         cols = vt * BLOCK_V + tl.arange(0, BLOCK_V)
         col_ok = cols < V
         cols64 = cols.to(tl.int64)
-        acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
-        for k0 in range(0, H, BLOCK_H):
-            ks = k0 + ks0
-            k_ok = ks < H
-            a = tl.load(
-                h_ptr + rows64[:, None] * stride_hn + ks[None, :] * stride_hh,
-                mask=row_ok[:, None] & k_ok[None, :], other=0.0,
-            )
-            b = tl.load(
-                w_ptr + cols64[None, :] * stride_wv + ks[:, None] * stride_wh,
-                mask=col_ok[None, :] & k_ok[:, None], other=0.0,
-            )
-            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        acc = _logits_tile(
+            h_ptr, w_ptr, rows64, row_ok, cols64, col_ok, H, stride_hn, stride_hh, stride_wv, stride_wh,
+            BLOCK_N, BLOCK_V, BLOCK_H, DOT_PRECISION,
+        )
         z = tl.where(col_ok[None, :], acc * inv_temp, float("-inf"))  # [BLOCK_N, BLOCK_V]
         zt += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), axis=1)
         m_new = tl.maximum(m, tl.max(z, axis=1))  # finite: every tile has a valid column
@@ -230,20 +248,10 @@ def _logprob_dlogits_kernel(
     col_ok = cols < C
     rows64 = rows.to(tl.int64)
     cols64 = cols.to(tl.int64)
-    ks0 = tl.arange(0, BLOCK_H)
-    acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
-    for k0 in range(0, H, BLOCK_H):
-        ks = k0 + ks0
-        k_ok = ks < H
-        a = tl.load(
-            h_ptr + rows64[:, None] * stride_hn + ks[None, :] * stride_hh,
-            mask=row_ok[:, None] & k_ok[None, :], other=0.0,
-        )
-        b = tl.load(
-            w_ptr + cols64[None, :] * stride_wv + ks[:, None] * stride_wh,
-            mask=col_ok[None, :] & k_ok[:, None], other=0.0,
-        )
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    acc = _logits_tile(
+        h_ptr, w_ptr, rows64, row_ok, cols64, col_ok, H, stride_hn, stride_hh, stride_wv, stride_wh,
+        BLOCK_N, BLOCK_V, BLOCK_H, DOT_PRECISION,
+    )
     z = acc * inv_temp
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
     g_lp = tl.load(glp_ptr + rows, mask=row_ok, other=0.0)

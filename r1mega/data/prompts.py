@@ -14,10 +14,11 @@ Each example is the prompt text (template applied, ending where generation start
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional
 
 from r1mega.data.config import DataConfig
 from r1mega.data.errors import DataError, ErrorReport, RowError
+from r1mega.data.example_list import ExampleList
 from r1mega.data.rows import Row
 from r1mega.data.sources import load_rows
 from r1mega.data.templates import TemplateError, render_prompt, require_chat_template, response_prefix
@@ -32,22 +33,8 @@ class PromptExample:
     reference: dict[str, Any] = field(default_factory=dict)
 
 
-class PromptDataset(Sequence[PromptExample]):
-    """A list of PromptExample plus the report of rows skipped while building it."""
-
-    def __init__(self, examples: list[PromptExample], report: ErrorReport, name: str = ""):
-        self.examples = examples
-        self.report = report
-        self.name = name
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i):  # type: ignore[override]
-        return self.examples[i]
-
-    def __iter__(self) -> Iterator[PromptExample]:
-        return iter(self.examples)
+class PromptDataset(ExampleList[PromptExample]):
+    """The prompts of one split plus the report of rows skipped while building it."""
 
     @property
     def tasks(self) -> set[str]:

@@ -17,10 +17,11 @@ assistant's reply (earlier assistant turns are context, not targets).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from r1mega.data.config import DataConfig
 from r1mega.data.errors import DataError, ErrorReport, RowError
+from r1mega.data.example_list import ExampleList
 from r1mega.data.rows import Row
 from r1mega.data.sources import load_rows
 from r1mega.data.templates import (
@@ -46,20 +47,8 @@ class SFTExample:
         return self.loss_mask.index(1)
 
 
-class SFTDataset(Sequence[SFTExample]):
-    def __init__(self, examples: list[SFTExample], report: ErrorReport, name: str = ""):
-        self.examples = examples
-        self.report = report
-        self.name = name
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i):  # type: ignore[override]
-        return self.examples[i]
-
-    def __iter__(self) -> Iterator[SFTExample]:
-        return iter(self.examples)
+class SFTDataset(ExampleList[SFTExample]):
+    """The SFT examples of one split plus the report of rows skipped while building it."""
 
 
 def _texts(row: Row, tokenizer: Any, cfg: DataConfig) -> tuple[str, str]:

@@ -50,12 +50,7 @@ def transformer_config(
         )
     kwargs = family_module(model_cfg.family).transformer_config_kwargs(model_cfg)
     kwargs.update(
-        tensor_model_parallel_size=parallel_cfg.tp,
-        pipeline_model_parallel_size=parallel_cfg.pp,
-        virtual_pipeline_model_parallel_size=parallel_cfg.vpp if (parallel_cfg.vpp or 1) > 1 else None,
-        context_parallel_size=parallel_cfg.cp,
-        expert_model_parallel_size=parallel_cfg.ep,
-        expert_tensor_parallel_size=parallel_cfg.expert_tp,
+        **parallel_cfg.megatron_sizes(),
         sequence_parallel=parallel_cfg.sequence_parallel,
         params_dtype=params_dtype,
         pipeline_dtype=params_dtype,

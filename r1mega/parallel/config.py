@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from r1mega.configlib import ConfigError
 
@@ -65,6 +65,18 @@ class ParallelConfig:
     @property
     def model_parallel_size(self) -> int:
         return self.tp * self.pp * self.cp
+
+    def megatron_sizes(self) -> dict[str, Any]:
+        """The group sizes under the keyword names that both megatron's initialize_model_parallel
+        and TransformerConfig take."""
+        return dict(
+            tensor_model_parallel_size=self.tp,
+            pipeline_model_parallel_size=self.pp,
+            virtual_pipeline_model_parallel_size=self.vpp if (self.vpp or 1) > 1 else None,
+            context_parallel_size=self.cp,
+            expert_model_parallel_size=self.ep,
+            expert_tensor_parallel_size=self.expert_tp,
+        )
 
     def data_parallel_size(self, world_size: int) -> int:
         self.check_world_size(world_size)

@@ -197,12 +197,7 @@ def init_distributed(parallel_cfg: ParallelConfig, *, seed: int, model_cfg=None)
             timeout=timedelta(minutes=parallel_cfg.timeout_minutes),
         )
     parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=parallel_cfg.tp,
-        pipeline_model_parallel_size=parallel_cfg.pp,
-        virtual_pipeline_model_parallel_size=parallel_cfg.vpp if (parallel_cfg.vpp or 1) > 1 else None,
-        context_parallel_size=parallel_cfg.cp,
-        expert_model_parallel_size=parallel_cfg.ep,
-        expert_tensor_parallel_size=parallel_cfg.expert_tp,
+        **parallel_cfg.megatron_sizes(),
         distributed_timeout_minutes=parallel_cfg.timeout_minutes,
     )
     _seed_everything(seed + 100 * parallel_state.get_pipeline_model_parallel_rank())

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from r1mega.config import Config, save_config
+from r1mega.training.job_loop import say as _say
 
 __all__ = ["run_rl", "RLJobResult", "ensure_base"]
 
@@ -67,6 +68,7 @@ def run_rl(cfg: Config) -> RLJobResult:
     from r1mega.data.tokenizer import load_tokenizer
     from r1mega.parallel.distributed import destroy_distributed, init_distributed
     from r1mega.training import checkpoint as ckpt
+    from r1mega.training.job_loop import train_with_saves
     from r1mega.training.rl import RLTrainer
 
     cfg.check_sequence_budget()
@@ -101,41 +103,19 @@ def run_rl(cfg: Config) -> RLJobResult:
         if dist.get_rank() == 0:
             save_config(cfg, cfg.run.run_dir / "train_config.yaml")
 
-        saved: dict[str, Optional[Path]] = {"path": None}
-        saved_step = trainer.step if resume_path is not None else None
-
-        def save(t: RLTrainer) -> None:
-            nonlocal saved_step
-            saved["path"] = ckpt.save_checkpoint(
-                root, t.step, t.model, t.optimizer if cfg.checkpoint.save_optimizer else None, t.scheduler,
-                {"sampler": t.sampler.state_dict(), "stage": "rl", "ref_refreshed_at": t.ref_refreshed_at},
-                model_config=cfg.model, keep_last=cfg.checkpoint.keep_last,
-                optimizer_format=cfg.checkpoint.optimizer_format,
-            )
+        def also_save(t: RLTrainer) -> None:
             if t.ref_model is not None and t.ref_refreshed_at == t.step and t.step > 0:
                 ckpt.save_checkpoint(Path(f"{root}_reference"), t.step, t.ref_model, model_config=cfg.model, keep_last=1)
-            saved_step = t.step
 
-        with ckpt.PreemptionWatcher(cfg.checkpoint.exit_on_signal) as watcher:
-            preempted = False
-
-            def on_step_end(t: RLTrainer) -> bool:
-                nonlocal preempted
-                preempted = cfg.checkpoint.exit_on_signal and watcher.should_stop()
-                every = cfg.checkpoint.save_every
-                if preempted or (every > 0 and t.step % every == 0):
-                    save(t)
-                if preempted:
-                    _say(f"signal received: saved step {t.step} to {saved['path']}; exiting")
-                return preempted
-
-            metrics = trainer.train(on_step_end)
-        if not preempted and cfg.checkpoint.save_at_end and saved_step != trainer.step:
-            save(trainer)
+        outcome = train_with_saves(
+            cfg, trainer, root, resumed=resume_path is not None, also_save=also_save,
+            extra_state=lambda t: {"sampler": t.sampler.state_dict(), "stage": "rl", "ref_refreshed_at": t.ref_refreshed_at},
+        )
+        metrics, preempted = outcome.metrics, outcome.preempted
         summary = None if preempted else trainer.write_summary(metrics)
         if summary is not None:
             _say(_summary_line(metrics))
-        return RLJobResult(step=trainer.step, metrics=metrics, checkpoint=saved["path"], preempted=preempted,
+        return RLJobResult(step=trainer.step, metrics=metrics, checkpoint=outcome.checkpoint, preempted=preempted,
                            summary=summary)
     finally:
         if trainer is not None:
@@ -179,10 +159,3 @@ def _summary_line(metrics: dict) -> str:
             pct("start/eval/format"), pct("eval/format"),
         )
     )
-
-
-def _say(text: str) -> None:
-    import torch.distributed as dist
-
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(text, flush=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from r1mega.config import Config, save_config
+from r1mega.training.job_loop import say as _say
 
 __all__ = ["run_supervised", "JobResult", "load_datasets"]
 
@@ -61,6 +62,7 @@ def run_supervised(cfg: Config, stage: Stage) -> JobResult:
     from r1mega.data.tokenizer import load_tokenizer
     from r1mega.parallel.distributed import destroy_distributed, init_distributed
     from r1mega.training import checkpoint as ckpt
+    from r1mega.training.job_loop import train_with_saves
     from r1mega.training.sft import SupervisedTrainer
 
     init_distributed(cfg.parallel, seed=cfg.run.seed, model_cfg=cfg.model)
@@ -97,43 +99,14 @@ def run_supervised(cfg: Config, stage: Stage) -> JobResult:
         if dist.get_rank() == 0:
             save_config(cfg, cfg.run.run_dir / f"{stage}_config.yaml")
 
-        saved: dict[str, Optional[Path]] = {"path": None}
-        saved_step = trainer.step if resume_path is not None else None
-
-        def save(t: SupervisedTrainer) -> None:
-            nonlocal saved_step
-            saved["path"] = ckpt.save_checkpoint(
-                root,
-                t.step,
-                t.model,
-                t.optimizer if cfg.checkpoint.save_optimizer else None,
-                t.scheduler,
-                {"sampler": t.sampler.state_dict(), "stage": stage},
-                model_config=cfg.model,
-                keep_last=cfg.checkpoint.keep_last,
-                optimizer_format=cfg.checkpoint.optimizer_format,
-            )
-            saved_step = t.step
-
-        with ckpt.PreemptionWatcher(cfg.checkpoint.exit_on_signal) as watcher:
-            preempted = False
-
-            def on_step_end(t: SupervisedTrainer) -> bool:
-                nonlocal preempted
-                preempted = cfg.checkpoint.exit_on_signal and watcher.should_stop()
-                every = cfg.checkpoint.save_every
-                if preempted or (every > 0 and t.step % every == 0):
-                    save(t)
-                if preempted:
-                    _say(f"signal received: saved step {t.step} to {saved['path']}; exiting")
-                return preempted
-
-            metrics = trainer.train(on_step_end)
-        if not preempted and cfg.checkpoint.save_at_end and saved_step != trainer.step:
-            save(trainer)
+        outcome = train_with_saves(
+            cfg, trainer, root, resumed=resume_path is not None,
+            extra_state=lambda t: {"sampler": t.sampler.state_dict(), "stage": stage},
+        )
+        preempted = outcome.preempted
         if stage == "pretrain" and not preempted and cfg.pretrain.export_hf:
             _export_hf(cfg, trainer, tokenizer)
-        return JobResult(step=trainer.step, metrics=metrics, checkpoint=saved["path"], preempted=preempted)
+        return JobResult(step=trainer.step, metrics=outcome.metrics, checkpoint=outcome.checkpoint, preempted=preempted)
     finally:
         destroy_distributed()
 
@@ -145,10 +118,3 @@ def _export_hf(cfg: Config, trainer, tokenizer) -> None:
 
     out = write_hf_export(trainer.model, cfg.model, tokenizer, cfg.run.run_dir / "hf")
     _say(f"HF export written to {out}")
-
-
-def _say(text: str) -> None:
-    import torch.distributed as dist
-
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(text, flush=True)

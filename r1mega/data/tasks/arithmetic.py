@@ -159,13 +159,4 @@ def corrupt(example: TaskExample, rng: random.Random) -> TaskExample:
         # step slip as well, so the solution is wrong as promised.
         steps[-1] = steps[-1].rsplit("=", 1)[0] + f"={value + 1}"
         value += 1
-    return TaskExample(
-        task=example.task,
-        key=example.key,
-        prompt=example.prompt,
-        answer=example.answer,
-        metadata=dict(example.metadata),
-        steps=steps,
-        solution_answer=str(value),
-        solution_correct=False,
-    )
+    return example.with_wrong_solution(steps, str(value))

@@ -31,6 +31,19 @@ class TaskExample:
     internal: Any = field(default=None, repr=False, compare=False)
     """Generator state that `corrupt` needs (e.g. the countdown solution tree); never written out."""
 
+    def with_wrong_solution(self, steps: list[str], solution_answer: str) -> TaskExample:
+        """The same problem carrying a worked solution that ends in a wrong answer (no generator state)."""
+        return TaskExample(
+            task=self.task,
+            key=self.key,
+            prompt=self.prompt,
+            answer=self.answer,
+            metadata=dict(self.metadata),
+            steps=steps,
+            solution_answer=solution_answer,
+            solution_correct=False,
+        )
+
     @property
     def solution(self) -> str:
         return format_solution(self.steps, self.solution_answer)

@@ -180,25 +180,12 @@ def corrupt(example: TaskExample, rng: random.Random, knobs: CountdownConfig) ->
             node.left, node.right = node.right, node.left
         value = _recompute(tree)
         if value is not None and value != target:
-            return _wrong(example, _steps(tree), tree.expr())
+            return example.with_wrong_solution(_steps(tree), tree.expr())
     # No operator swap stays within the rules: leave out the last combination instead.
     if root.left.op is not None or root.right.op is not None:
         part = root.left if root.left.op is not None else root.right
         if part.value != target:
-            return _wrong(example, _steps(part), part.expr())
+            return example.with_wrong_solution(_steps(part), part.expr())
     # A single combination of two numbers: answer with one of them alone.
     lone = root.left if root.left.value != target else root.right
-    return _wrong(example, [f"{lone.value}"], lone.expr())
-
-
-def _wrong(example: TaskExample, steps: list[str], expr: str) -> TaskExample:
-    return TaskExample(
-        task=example.task,
-        key=example.key,
-        prompt=example.prompt,
-        answer=example.answer,
-        metadata=dict(example.metadata),
-        steps=steps,
-        solution_answer=expr,
-        solution_correct=False,
-    )
+    return example.with_wrong_solution([f"{lone.value}"], lone.expr())
