@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def convert(args) -> None:
     """Rank body (see the module docstring)."""
-    from r1mega.convert.atomic import atomic_directory, check_destination
+    from r1mega.convert.atomic import atomic_directory
     from r1mega.convert.export import export_hf_tensors, export_plan
     from r1mega.convert.hf_checkpoint import write_safetensors_shards
     from r1mega.convert.hf_config import check_config_matches, hf_config_from_model_config, load_hf_config
@@ -82,12 +82,7 @@ def convert(args) -> None:
     if args.hf_config:
         check_config_matches(model_cfg, args.hf_config, where=str(args.hf_config))
         hf_base = load_hf_config(args.hf_config).to_dict()
-    for name, value in (("--max-shard-size", args.max_shard_size), ("--bucket-size", args.bucket_size)):
-        if value < 1:
-            raise ValueError(f"{name}: must be >= 1 MiB, got {value}")
-    check_destination(args.out, overwrite=args.overwrite)
-    pcfg = cli.parallel_config(args, model_cfg)
-
+    pcfg = _check_output_and_layout(args, model_cfg)
     init_distributed(pcfg, seed=0, model_cfg=model_cfg)
     chunks = build_model(model_cfg, pcfg, params_dtype=dtype)
     cli.say(f"loading {source} (tp={pcfg.tp}, pp={pcfg.pp}, ep={pcfg.ep}) ...")
@@ -112,6 +107,17 @@ def convert(args) -> None:
     cli.say(f"wrote {Path(args.out).resolve()}")
 
 
+def _check_output_and_layout(args, model_cfg):
+    """The checks every rank makes before any collective: sizes, destination, layout."""
+    from r1mega.convert.atomic import check_destination
+
+    for name, value in (("--max-shard-size", args.max_shard_size), ("--bucket-size", args.bucket_size)):
+        if value < 1:
+            raise ValueError(f"{name}: must be >= 1 MiB, got {value}")
+    check_destination(args.out, overwrite=args.overwrite)
+    return cli.parallel_config(args, model_cfg)
+
+
 def find_training_checkpoint(directory) -> Optional[Path]:
     """The checkpoint to convert when `directory` is a training checkpoint (an iter_N with
     r1mega.json) or a run's checkpoint root (the latest complete one); None for other checkpoints."""
@@ -134,7 +140,6 @@ def convert_training_checkpoint(args, path: Path) -> None:
     """Rank body for a training checkpoint: build the model its r1mega.json describes, load the
     weights (any layout), and write the HF directory with `write_hf_export`."""
     from r1mega.configlib import ConfigError, from_dict
-    from r1mega.convert.atomic import check_destination
     from r1mega.convert.hf_config import check_config_matches
     from r1mega.convert.mcore_checkpoint import check_mcore_checkpoint
     from r1mega.models.builder import build_model
@@ -158,12 +163,7 @@ def convert_training_checkpoint(args, path: Path) -> None:
     metadata = check_mcore_checkpoint(path)
     dtype = stored_weight_dtype(metadata, path) if args.dtype == "auto" else cli.DTYPES[args.dtype]
     tokenizer = _run_tokenizer(args.tokenizer, path)
-    for name, value in (("--max-shard-size", args.max_shard_size), ("--bucket-size", args.bucket_size)):
-        if value < 1:
-            raise ValueError(f"{name}: must be >= 1 MiB, got {value}")
-    check_destination(args.out, overwrite=args.overwrite)
-    pcfg = cli.parallel_config(args, model_cfg)
-
+    pcfg = _check_output_and_layout(args, model_cfg)
     init_distributed(pcfg, seed=0, model_cfg=model_cfg)
     chunks = build_model(model_cfg, pcfg, params_dtype=dtype)
     cli.say(f"loading {path} (step {info.get('step')}; tp={pcfg.tp}, pp={pcfg.pp}, ep={pcfg.ep}) ...")
