@@ -16,6 +16,7 @@ k0, v0, q heads of group 1, ...]) so each TP rank holds whole groups; a SwiGLU f
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Optional, Protocol, Sequence
 
@@ -57,19 +58,22 @@ def _full(ndim: int) -> tuple[slice, ...]:
     return tuple(slice(None) for _ in range(ndim))
 
 
-class Layout:
-    """Base: the HF names this megatron tensor maps to."""
+class Layout(ABC):
+    """Base: the HF names this megatron tensor maps to, and the three conversions every layout has."""
 
     hf_names: tuple[str, ...]
 
+    @abstractmethod
     def hf_shapes(self, full_shape: Shape) -> dict[str, Shape]:
-        raise NotImplementedError
+        """HF name -> shape, given the full (gathered) megatron shape."""
 
+    @abstractmethod
     def to_hf(self, gathered: torch.Tensor, shards: int) -> list[tuple[str, torch.Tensor]]:
-        raise NotImplementedError
+        """The HF tensors of a gathered megatron tensor that was split `shards` ways."""
 
+    @abstractmethod
     def read_shard(self, source: HFSource, shard: Shard) -> torch.Tensor:
-        raise NotImplementedError
+        """This rank's megatron shard, read from the HF checkpoint."""
 
 
 @dataclass(frozen=True)
