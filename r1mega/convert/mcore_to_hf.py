@@ -140,6 +140,7 @@ def convert_training_checkpoint(args, path: Path) -> None:
     """Rank body for a training checkpoint: build the model its r1mega.json describes, load the
     weights (any layout), and write the HF directory with `write_hf_export`."""
     from r1mega.configlib import ConfigError, from_dict
+    from r1mega.convert.export import export_plan
     from r1mega.convert.hf_config import check_config_matches
     from r1mega.convert.mcore_checkpoint import check_mcore_checkpoint
     from r1mega.models.builder import build_model
@@ -168,11 +169,13 @@ def convert_training_checkpoint(args, path: Path) -> None:
     chunks = build_model(model_cfg, pcfg, params_dtype=dtype)
     cli.say(f"loading {path} (step {info.get('step')}; tp={pcfg.tp}, pp={pcfg.pp}, ep={pcfg.ep}) ...")
     ckpt.load_checkpoint(path, chunks, model_config=model_cfg, load_optimizer=False, load_rng=False)
-    write_hf_export(
-        chunks, model_cfg, tokenizer, args.out,
-        bucket_bytes=args.bucket_size << 20, max_shard_bytes=args.max_shard_size << 20,
-        overwrite=args.overwrite, hf_base=args.hf_config,
-    )
+    total = sum(len(it.layout.hf_names) for it in export_plan(chunks, model_cfg))
+    with cli.progress_bar(total, "export", args.no_progress) as bar:
+        write_hf_export(
+            chunks, model_cfg, tokenizer, args.out,
+            bucket_bytes=args.bucket_size << 20, max_shard_bytes=args.max_shard_size << 20,
+            overwrite=args.overwrite, hf_base=args.hf_config, progress=bar.update,
+        )
     cli.say(f"wrote {Path(args.out).resolve()}")
 
 

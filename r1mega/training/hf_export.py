@@ -63,13 +63,15 @@ def write_hf_export(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     overwrite: bool = True,
     hf_base=None,
+    progress=None,
 ) -> Path:
     """Write the HF checkpoint of `model_chunks` (this rank's chunks, any layout) to `out_dir`.
 
     Every rank must call it. `tokenizer`: a transformers tokenizer (its files and token ids go into
     the directory). `overwrite`: replace an existing `out_dir` once the new export is complete (a
     resumed run re-exports); with False an existing directory is a ValueError. `hf_base`: an
-    original config.json whose non-architecture fields are kept. Returns `out_dir`.
+    original config.json whose non-architecture fields are kept. `progress(n_tensors)`: called on
+    rank 0 as tensors are written. Returns `out_dir`.
     """
     from r1mega.convert.atomic import atomic_directory
     from r1mega.convert.export import export_hf_tensors
@@ -84,7 +86,7 @@ def write_hf_export(
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         buckets = export_hf_tensors(chunks, bucket_bytes, model_cfg=model_cfg)
         if _is_rank0():
-            write_safetensors_shards(buckets, tmp, max_shard_bytes=max_shard_bytes)
+            write_safetensors_shards(buckets, tmp, max_shard_bytes=max_shard_bytes, progress=progress)
             _write_configs(tmp, model_cfg, token_ids, dtype, hf_base)
             tokenizer.save_pretrained(str(tmp))
         else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = ["TaskExample", "format_solution"]
@@ -33,15 +33,9 @@ class TaskExample:
 
     def with_wrong_solution(self, steps: list[str], solution_answer: str) -> TaskExample:
         """The same problem carrying a worked solution that ends in a wrong answer (no generator state)."""
-        return TaskExample(
-            task=self.task,
-            key=self.key,
-            prompt=self.prompt,
-            answer=self.answer,
-            metadata=dict(self.metadata),
-            steps=steps,
-            solution_answer=solution_answer,
-            solution_correct=False,
+        return replace(
+            self, metadata=dict(self.metadata), steps=steps, solution_answer=solution_answer,
+            solution_correct=False, internal=None,
         )
 
     @property
