@@ -12,19 +12,28 @@ Each op dispatches Triton on CUDA and the torch reference elsewhere (`r1mega.ker
 package does not import triton; the Triton modules load at their first use.
 """
 
-from r1mega.kernels.advantages import ADVANTAGE_MODES, group_advantages
-from r1mega.kernels.dispatch import get_backend, set_backend, use_backend
-from r1mega.kernels.logprob import fused_logprob
-from r1mega.kernels.policy_loss import METRIC_NAMES, PolicyLossOptions, policy_loss
+if __name__ == "kernels":
+    # This directory is `r1mega.kernels`. Python started in the repo root (`python -m pytest`,
+    # `python -c`, a notebook) puts the root on sys.path, so `import kernels` would find this file
+    # before PyPI's `kernels` (a transformers and SGLang dependency) and break them. Reached under
+    # that name, hand the import over to the real top-level `kernels`, or fail as if absent.
+    from r1mega._top_level_kernels import hand_over_to_pypi_kernels
 
-__all__ = [
-    "fused_logprob",
-    "group_advantages",
-    "ADVANTAGE_MODES",
-    "policy_loss",
-    "PolicyLossOptions",
-    "METRIC_NAMES",
-    "get_backend",
-    "set_backend",
-    "use_backend",
-]
+    hand_over_to_pypi_kernels(__file__)
+else:
+    from r1mega.kernels.advantages import ADVANTAGE_MODES, group_advantages
+    from r1mega.kernels.dispatch import get_backend, set_backend, use_backend
+    from r1mega.kernels.logprob import fused_logprob
+    from r1mega.kernels.policy_loss import METRIC_NAMES, PolicyLossOptions, policy_loss
+
+    __all__ = [
+        "fused_logprob",
+        "group_advantages",
+        "ADVANTAGE_MODES",
+        "policy_loss",
+        "PolicyLossOptions",
+        "METRIC_NAMES",
+        "get_backend",
+        "set_backend",
+        "use_backend",
+    ]
