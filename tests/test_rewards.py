@@ -85,6 +85,11 @@ def test_last_boxed_balances_braces():
         (r"<think>t</think> The answer is \boxed{42}.", "42", "boxed"),
         (r"<think>maybe \boxed{41}</think> The answer is 42.", None, "no_answer"),  # boxed inside reasoning
         (r"<think>still thinking \boxed{41}", None, "no_answer"),  # unclosed reasoning: all of it is reasoning
+        # an <answer> block obeys the same rule as a box: inside reasoning, closed or not, it is no answer
+        ("<think>reasoning that never closes <answer>42</answer>", None, "no_answer"),
+        ("<think>maybe <answer>41</answer></think> <answer>42</answer>", "42", "answer_tag"),
+        ("<think>maybe <answer>41</answer></think> no answer block", None, "no_answer"),
+        ("<think>t</think> <answer>42</answer> <think>more <answer>43</answer>", "42", "answer_tag"),
         ("The answer is 42.", None, "no_answer"),  # plain text outside tags is never read
         ("<think>t</think> <answer>   </answer>", None, "no_answer"),
         ("<answer>" + "9" * 2000 + "</answer>", None, "too_long"),
@@ -144,6 +149,11 @@ def test_math_accuracy_end_to_end():
         "answer_found": 0.0,
     }
     assert acc("<think>t</think> <answer>0.4</answer> actually 0.5", r)["score"] == 0.0
+    # an answer inside reasoning that never closes is not an answer
+    assert acc("<think>reasoning that never closes <answer>0.5</answer>", r) == {
+        "score": 0.0,
+        "answer_found": 0.0,
+    }
 
 
 # ---------------------------------------------------------------------------------------------

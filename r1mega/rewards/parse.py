@@ -3,13 +3,14 @@
 The completion a reward judges is `reference["response_prefix"] + sample.response_text`: when the
 prompt already opened `<think>` (data.think_in_prompt), that tag belongs to the completion.
 
-Answer extraction (the one rule every accuracy check uses):
-1. Exactly one `<answer>...</answer>` block: its content is the answer; if that content contains a
-   `\\boxed{...}`, the last boxed content is the answer.
+Answer extraction (the one rule every accuracy check uses). Reasoning is the content of every
+complete `<think>...</think>` block and everything after an unclosed `<think>`; nothing in it is an
+answer, neither an `<answer>` block nor a `\\boxed{}`:
+1. Exactly one `<answer>...</answer>` block outside the reasoning: its content is the answer; if that
+   content contains a `\\boxed{...}`, the last boxed content is the answer.
 2. Several answer blocks: no answer (score 0). Listing several candidates is a hedge, not an answer.
-3. No answer block: with `boxed_fallback`, the last `\\boxed{...}` *outside* the reasoning block is
-   the answer (chat-style math models box their final answer); text inside `<think>` never counts,
-   and neither does an unclosed `<think>` (everything after it is reasoning).
+3. No answer block: with `boxed_fallback`, the last `\\boxed{...}` outside the reasoning is the
+   answer (chat-style math models box their final answer).
 4. Otherwise no answer. Plain text outside tags ("the answer is 5") is never read.
 """
 
@@ -41,7 +42,7 @@ class Completion:
     think: Optional[str]
     """Content of the first complete <think> block (None if there is none)."""
     answers: tuple[str, ...]
-    """Contents of every complete <answer> block, in order."""
+    """Contents of every complete <answer> block outside the reasoning, in order."""
     outside: str
     """The text with every <think> block (and anything after an unclosed <think>) removed."""
 
@@ -59,7 +60,7 @@ def parse_completion(text: str) -> Completion:
     return Completion(
         text=text,
         think=thinks[0] if thinks else None,
-        answers=tuple(ANSWER_RE.findall(text)),
+        answers=tuple(ANSWER_RE.findall(outside)),
         outside=outside,
     )
 
