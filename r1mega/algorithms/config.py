@@ -182,8 +182,9 @@ class AlgorithmConfig:
     """Where the KL goes: "loss" adds kl_coef * k(pi, pi_ref) per token to the loss; "reward"
     subtracts kl_coef * sum_t k(pi_old, pi_ref) from each response's reward before advantages."""
     dynamic_sampling: Optional[bool] = None
-    """DAPO's dynamic sampling: drop groups whose rewards are all equal and refill the batch with more
-    rollouts; None = the preset's (on for dapo)."""
+    """DAPO's dynamic sampling: drop groups whose accuracy is the same for every response (all right or
+    all wrong, before length shaping) and refill the batch with more rollouts; None = the preset's
+    (on for dapo)."""
     overlong_buffer: Optional[int] = None
     """DAPO's soft overlong punishment: the last this-many tokens before max_new_tokens are penalised
     linearly (0 = off); None = the preset's (dapo: max_new_tokens // 5, DAPO's 4096 of 20480)."""

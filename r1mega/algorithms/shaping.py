@@ -3,7 +3,7 @@
 Pure, vectorised functions; the RL loop calls them in this order on one rollout batch of B prompts
 x G responses (each prompt's G responses contiguous):
 
-    keep = informative_groups(task_rewards, G)         # DAPO dynamic sampling (on the task reward)
+    keep = informative_groups(accuracy, G)             # DAPO dynamic sampling (on accuracy)
     r = task_rewards + overlong_penalty(lengths, ...)   # DAPO soft overlong punishment (<= 0)
     r = r - kl_reward_penalty(old_logp, ref_logp, ...)  # when algorithm.kl_in == "reward"
     advantages = compute_advantages(r, resolved)        # the preset's group_advantages mode
@@ -86,8 +86,9 @@ def kl_reward_penalty(
 
 
 def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """[B] bool: groups whose G rewards are not all equal (DAPO's dynamic sampling keeps these; an
-    all-equal group has zero advantage everywhere and only dilutes the batch)."""
+    """[B] bool: groups whose G values are not all equal. DAPO's dynamic sampling passes each
+    response's accuracy (before any length shaping) and keeps these groups: a group all right or all
+    wrong has no learning signal and only dilutes the batch."""
     if rewards.dim() != 1:
         raise ValueError(f"informative_groups: rewards must be [B * G], got shape {tuple(rewards.shape)}")
     if not isinstance(group_size, int) or group_size < 1:

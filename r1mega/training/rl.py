@@ -6,9 +6,10 @@
     trainer.train(on_step_end) # the loop below, one metrics row per step
 
 One step (`train_step`):
-  1. rollout (rank 0, `_rollout`): `rl.prompts_per_step` prompts x `algorithm.group_size` samples
-     from the engine, rewards from the reward pool (+ DAPO's overlong penalty); DAPO's dynamic
-     sampling drops groups whose rewards are all equal and samples more prompts to refill them.
+  1. rollout (rank 0, `RolloutCollector` in rl_collect.py): `rl.prompts_per_step` prompts x
+     `algorithm.group_size` samples from the engine, rewards from the reward pool (+ DAPO's overlong
+     penalty); DAPO's dynamic sampling drops groups whose accuracy is the same for every response
+     (all right or all wrong) and samples more prompts to refill them.
      The trajectories are broadcast to every rank (one engine stands in for the inference server;
      with SGLang each node runs its own).
   2. old log-probs (only when the batch feeds several optimizer steps) and reference log-probs
@@ -45,6 +46,7 @@ from r1mega.training.megatron_step import forward_backward, wrap_with_ddp
 from r1mega.training.trainer_common import find_metrics_source, trainer_config_overrides
 from r1mega.training.policy_logprob import hidden_states_forward, response_logprobs, unwrap_gpt
 from r1mega.training.rl_batch import Trajectory, build_rl_microbatches
+from r1mega.training.rl_collect import RolloutCollector
 
 __all__ = ["RLTrainer"]
 
@@ -82,6 +84,7 @@ class RLTrainer:
         self.scheduler = None
         self.engine = None
         self.rewards = None
+        self.collector: Optional[RolloutCollector] = None
         self._plan = None
 
     # ----------------------------------------------------------------------------------------------
@@ -140,6 +143,14 @@ class RLTrainer:
             eos_token_ids=[self.tokenizer.eos_token_id],
         )
         self.rewards = RewardPool(self.cfg.rewards).start()
+        self.collector = RolloutCollector(
+            self.engine, self.rewards, self.sampler, self.train_prompts, self.algo,
+            sampling_params=self.cfg.rollout.sampling_params,
+            max_new_tokens=self.cfg.rollout.max_new_tokens,
+            prompts_per_step=self.rl.prompts_per_step,
+            run_seed=self.cfg.run.seed,
+            batch_unit=self.dp_size * self.algo.updates_per_batch,
+        )
 
     def close(self) -> None:
         if self.rewards is not None:
@@ -180,104 +191,9 @@ class RLTrainer:
     # rollout (rank 0)
     # ----------------------------------------------------------------------------------------------
 
-    def _generate_groups(self, prompt_indices: list[int], seed: int) -> tuple[list, list, list]:
-        """(samples, prompt examples, reward dicts) for group_size samples of each prompt."""
-        g = self.algo.group_size
-        examples = [self.train_prompts[i] for i in prompt_indices for _ in range(g)]
-        sampling = self.cfg.rollout.sampling_params(seed=seed)
-        samples = self.engine.generate([ex.prompt_token_ids for ex in examples], sampling)
-        scores = self.rewards.score(samples, [ex.reference for ex in examples])
-        return samples, examples, scores
-
     def _rollout(self) -> tuple[list[Trajectory], dict[str, float]]:
-        """Trajectories with rewards (rank 0); DAPO dynamic sampling refills dropped groups."""
-        from r1mega.algorithms import informative_groups, overlong_penalty
-
-        g = self.algo.group_size
-        want = self.rl.prompts_per_step
-        kept: list[tuple] = []  # (sample, example, scores, reward) per kept response
-        stats = {"rollout_s": 0.0, "reward_s": 0.0, "generated_tokens": 0.0, "rounds": 0.0, "groups_drawn": 0.0}
-        all_rewards: list[float] = []
-        all_scores: list[dict] = []
-        all_samples: list = []
-        rounds = 1 + (self.algo.max_resample_rounds if self.algo.dynamic_sampling else 0)
-        for round_ in range(rounds):
-            need = want - len(kept) // g
-            if need <= 0:
-                break
-            indices = self.sampler.next_indices(need if round_ == 0 else max(need, want // 2))
-            t0 = time.perf_counter()
-            seed = (self.cfg.run.seed * 1_000_003 + self.step * 97 + round_) % (2**31)
-            samples, examples, scores = self._generate_groups(indices, seed)
-            t1 = time.perf_counter()
-            rewards = torch.tensor([s["reward"] for s in scores], dtype=torch.float64)
-            if self.algo.overlong_shaping:
-                lengths = torch.tensor([len(s.response_token_ids) for s in samples])
-                penalty = overlong_penalty(
-                    lengths, self.cfg.rollout.max_new_tokens, self.algo.overlong_buffer, self.algo.overlong_penalty
-                )
-                rewards = rewards + penalty.to(torch.float64)
-                for s, p in zip(scores, penalty.tolist()):
-                    s["overlong_penalty"] = p
-            stats["rollout_s"] += t1 - t0
-            stats["reward_s"] += time.perf_counter() - t1
-            stats["generated_tokens"] += float(sum(len(s.response_token_ids) for s in samples))
-            stats["rounds"] += 1
-            stats["groups_drawn"] += len(indices)
-            all_rewards += rewards.tolist()
-            all_scores += scores
-            all_samples += samples
-            if self.algo.dynamic_sampling:
-                keep = informative_groups(rewards, g).tolist()
-            else:
-                keep = [True] * len(indices)
-            for gi, k in enumerate(keep):
-                if k:
-                    for j in range(gi * g, (gi + 1) * g):
-                        kept.append((samples[j], examples[j], scores[j], float(rewards[j])))
-        groups = min(len(kept) // g, want)
-        # every mini-batch must split evenly over DP ranks: drop surplus groups (dynamic sampling)
-        unit = self.dp_size * self.algo.updates_per_batch
-        while groups > 0 and (groups * g) % unit:
-            groups -= 1
-        kept = kept[: groups * g]
-        trajectories = [
-            Trajectory(
-                prompt_token_ids=list(s.prompt_token_ids),
-                response_token_ids=list(s.response_token_ids),
-                rollout_logprobs=list(s.response_logprobs),
-                reward=r,
-                index=i,
-                extra={"text": s.response_text, "finish": s.finish_reason, "scores": sc,
-                       "prompt": ex.prompt_text, "answer": ex.reference.get("answer")},
-            )
-            for i, (s, ex, sc, r) in enumerate(kept)
-        ]
-        stats.update(self._rollout_metrics(all_samples, all_scores, all_rewards))
-        stats["groups_kept"] = float(groups)
-        return trajectories, stats
-
-    def _rollout_metrics(self, samples, scores, rewards) -> dict[str, float]:
-        """Metrics of everything generated this step (before dynamic-sampling filtering)."""
-        n = max(len(samples), 1)
-        lengths = [len(s.response_token_ids) for s in samples]
-        out = {
-            "reward/mean": sum(rewards) / n,
-            "response_length/mean": sum(lengths) / n,
-            "response_length/max": float(max(lengths, default=0)),
-            "response_length/clip_frac": sum(s.finish_reason == "length" for s in samples) / n,
-        }
-        names = sorted({k for s in scores for k in s if k != "reward"})
-        for name in names:
-            out[f"reward/{name}"] = sum(float(s.get(name, 0.0)) for s in scores) / n
-        if "accuracy" in names:
-            out["accuracy"] = out["reward/accuracy"]
-        g = self.algo.group_size
-        r = torch.tensor(rewards, dtype=torch.float64)
-        if r.numel() >= g and g > 1:
-            groups = r[: r.numel() // g * g].view(-1, g)
-            out["groups/all_equal_frac"] = float((groups.max(1).values == groups.min(1).values).double().mean())
-        return out
+        """Trajectories with rewards (rank 0): `RolloutCollector.collect` for this step."""
+        return self.collector.collect(self.step)
 
     def _share_rollout(self, trajectories, stats):
         import torch.distributed as dist
