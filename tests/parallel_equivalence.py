@@ -196,7 +196,7 @@ def run_equivalence(
     from megatron.core import parallel_state
 
     from r1mega.models.builder import build_model
-    from r1mega.parallel import cpu
+    from r1mega.parallel import megatron_fixes
     from r1mega.parallel.config import ParallelConfig
     from r1mega.parallel.distributed import init_distributed
     from r1mega.training.megatron_step import forward_backward, wrap_with_ddp
@@ -231,7 +231,7 @@ def run_equivalence(
     ddp = wrap_with_ddp(chunks, pcfg)
     dp_rank = parallel_state.get_data_parallel_rank()
     mine = batches[dp_rank * microbatches_per_dp_rank : (dp_rank + 1) * microbatches_per_dp_rank]
-    with cpu.mla_rope_grad_fix(mla_rope_grad_fix):
+    with megatron_fixes.mla_rope_grad_fix(mla_rope_grad_fix):
         metrics = forward_backward(ddp, mine, mean_token_loss, seq_length=seq, micro_batch_size=mbs)
 
     loss = None

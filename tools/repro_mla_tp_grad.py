@@ -3,7 +3,7 @@ ColumnParallelLinear (megatron-core's local spec). See docs/mla_tp_grad_bug.md.
 
 One MLASelfAttention layer, same weights and input at TP=1 and TP=2; prints the relative error of
 the TP=2 gradient of linear_kv_down_proj.weight, split into its latent rows and its rope rows, with
-and without the fix in r1mega.parallel.cpu. Runs on CPU (gloo, via r1mega's CPU support) or GPU:
+and without the fix in r1mega.parallel.megatron_fixes. Runs on CPU (gloo, via r1mega's CPU support) or GPU:
 
     torchrun --nproc-per-node 2 tools/repro_mla_tp_grad.py
     python tools/repro_mla_tp_grad.py            # spawns the 2 CPU processes itself
@@ -52,7 +52,7 @@ def main() -> None:
     import torch.distributed as dist
     from megatron.core import parallel_state
 
-    from r1mega.parallel import cpu
+    from r1mega.parallel import cpu, megatron_fixes
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
@@ -77,7 +77,7 @@ def main() -> None:
         with torch.no_grad():
             for n, p in attn.named_parameters():
                 p.copy_(_rank_tp_slice(weights[n], p, getattr(p, "partition_dim", 0)))
-        with cpu.mla_rope_grad_fix(fix):
+        with megatron_fixes.mla_rope_grad_fix(fix):
             attn(x, None)[0].square().sum().backward()
         # gather the TP-split weight grad: [kv_lora + rope, hidden]
         parts = [torch.empty_like(attn.linear_kv_down_proj.weight.grad) for _ in range(2)]

@@ -94,7 +94,9 @@ def build_model(
 
     from r1mega.models.spec import decoder_block_spec, transformer_engine_usable
     from r1mega.parallel.cpu import enable_cpu_support
+    from r1mega.parallel.megatron_fixes import apply_megatron_fixes
 
+    apply_megatron_fixes()  # every device: they fix megatron code, not the lack of CUDA
     if not torch.cuda.is_available():
         enable_cpu_support()
     if use_te is None:

@@ -9,7 +9,9 @@ CPU with the numerics of the single-process model. It is switched on only when C
 idempotent, and refuses to run on a megatron-core release it was not written for: every patch names
 the version it was checked against (`MEGATRON_VERSION`) and its preconditions are verified before
 anything is changed. docs/cpu_support.md describes each patch, what breaks without it, and how to
-extend the list for a new megatron release.
+extend the list for a new megatron release. Fixes of megatron bugs that are not about the device
+(MLA without TE, the MLA k_pos_emb gradient at TP>1, MoE without TE) live in
+`r1mega.parallel.megatron_fixes` and apply on every device; enabling CPU support applies them too.
 
 The CPU-only modules that belong in a layer spec (a sequence-parallel-capable norm and an SDPA core
 attention for MLA) live beside the model code in r1mega/models/cpu_spec.py.
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import sys
 import threading
 from typing import Any, Callable
@@ -27,16 +28,16 @@ from typing import Any, Callable
 import torch
 from torch.overrides import TorchFunctionMode
 
+from r1mega.parallel.megatron_fixes import MEGATRON_VERSION, MegatronPatchError, apply_megatron_fixes
+from r1mega.parallel.megatron_fixes import check_megatron_version as _check_megatron_version
+from r1mega.parallel.megatron_fixes import require as _require
+
 __all__ = [
     "enable_cpu_support",
     "cpu_support_enabled",
-    "mla_rope_grad_fix",
     "MEGATRON_VERSION",
     "CpuDeviceMode",
 ]
-
-MEGATRON_VERSION = "0.16.1"
-"""The megatron-core release every patch below was written for and verified against."""
 
 _ENABLED = False
 _LOCK = threading.Lock()
@@ -44,8 +45,8 @@ _LOCK = threading.Lock()
 _CUDA_GENERATOR = torch.Generator()
 
 
-class CpuSupportError(RuntimeError):
-    """megatron-core is not the release these patches were written for, or changed under them."""
+CpuSupportError = MegatronPatchError
+"""megatron-core is not the release these patches were written for, or changed under them."""
 
 
 def cpu_support_enabled() -> bool:
@@ -64,52 +65,14 @@ def enable_cpu_support() -> bool:
     with _LOCK:
         if _ENABLED:
             return True
-        _check_megatron_version()
+        apply_megatron_fixes()  # checks the megatron-core release first
         _patch_torch_cuda_plumbing()
         _patch_rng()
         _push_device_mode()
         _patch_optimizer_type_checks()
         _patch_moe()
-        _patch_mla()
-        _check_dist_checkpointing_deps()
         _ENABLED = True
     return True
-
-
-# ------------------------------------------------------------------------------------------------
-# Preconditions: fail loudly when megatron-core is not what the patches expect
-# ------------------------------------------------------------------------------------------------
-
-
-def _check_megatron_version() -> None:
-    from megatron.core import package_info
-
-    if package_info.__version__ != MEGATRON_VERSION:
-        raise CpuSupportError(
-            f"r1mega.parallel.cpu was written for megatron-core {MEGATRON_VERSION}, found "
-            f"{package_info.__version__}; re-verify each patch (docs/cpu_support.md) before "
-            "changing MEGATRON_VERSION"
-        )
-
-
-def _require(obj: Any, attr: str, *, source_contains: tuple[str, ...] = ()) -> Any:
-    """Return obj.attr after checking it exists and (for functions) still contains `source_contains`."""
-    where = f"{getattr(obj, '__name__', obj)}.{attr}"
-    if not hasattr(obj, attr):
-        raise CpuSupportError(f"megatron-core {MEGATRON_VERSION} patch target {where} is missing")
-    value = getattr(obj, attr)
-    if source_contains:
-        try:
-            src = inspect.getsource(value if not isinstance(value, type) else value)
-        except (OSError, TypeError) as e:
-            raise CpuSupportError(f"cannot read the source of {where}: {e}") from None
-        for needle in source_contains:
-            if needle not in src:
-                raise CpuSupportError(
-                    f"{where} no longer contains {needle!r}: megatron-core changed under the CPU "
-                    "support; re-verify the patch (docs/cpu_support.md)"
-                )
-    return value
 
 
 # ------------------------------------------------------------------------------------------------
@@ -404,17 +367,12 @@ def _patch_optimizer_type_checks() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# MoE: no transformer-engine GEMM; alltoall split sizes as numpy for gloo
+# MoE: alltoall split sizes as numpy for gloo
 # ------------------------------------------------------------------------------------------------
 
 
 def _patch_moe() -> None:
     from megatron.core.transformer.moe import moe_utils, token_dispatcher
-
-    if not getattr(moe_utils, "HAVE_TE", False):
-        # the router's GEMM checks `te_general_gemm is not None`, but the name only exists when
-        # transformer-engine imported
-        moe_utils.te_general_gemm = None
 
     original = _require(moe_utils, "maybe_move_tensor_to_cpu", source_contains=("tensor.is_cuda",))
     _require(token_dispatcher, "maybe_move_tensor_to_cpu")
@@ -434,109 +392,3 @@ def _patch_moe() -> None:
 
     moe_utils.maybe_move_tensor_to_cpu = maybe_move_tensor_to_cpu
     token_dispatcher.maybe_move_tensor_to_cpu = maybe_move_tensor_to_cpu
-
-
-# ------------------------------------------------------------------------------------------------
-# MLA: HAVE_TE placeholder, and the k_pos_emb gradient at TP > 1 with the local spec
-# ------------------------------------------------------------------------------------------------
-
-
-class _AllReduceGradOverTP(torch.autograd.Function):
-    """Identity forward; backward all-reduces the gradient over the TP group (on a contiguous copy)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
-        ctx.group = group
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        grad = grad.contiguous()  # all_reduce works in place: never on a view it would drop
-        torch.distributed.all_reduce(grad, group=ctx.group)
-        return grad, None
-
-
-_ROPE_DIM_ATTR = "_r1mega_mla_rope_dim"  # set on kv_combined by the linear_kv_down_proj hook
-_MLA_ROPE_GRAD_FIX = True
-
-
-@contextlib.contextmanager
-def mla_rope_grad_fix(enabled: bool):
-    """Switch the MLA k_pos_emb gradient fix off for a negative control (tests, bug reproduction)."""
-    global _MLA_ROPE_GRAD_FIX
-    previous, _MLA_ROPE_GRAD_FIX = _MLA_ROPE_GRAD_FIX, enabled
-    try:
-        yield
-    finally:
-        _MLA_ROPE_GRAD_FIX = previous
-
-
-def _patch_mla() -> None:
-    from megatron.core.transformer import multi_latent_attention as mla
-
-    try:
-        import transformer_engine  # noqa: F401
-
-        have_te = True
-    except ImportError:
-        have_te = False
-    if not have_te:
-        # Without TE, megatron's TE extension hands out MagicMock placeholders, so the module's
-        # `from ...transformer_engine import TELinear` succeeds, HAVE_TE is True and
-        # `isinstance(self.linear_proj, TELinear)` raises.
-        _require(mla, "HAVE_TE")
-        mla.HAVE_TE = False
-
-    self_attention = _require(mla, "MLASelfAttention")
-    _require(
-        self_attention,
-        "get_query_key_value_tensors",
-        source_contains=("kv_combined = gather_from_tensor_model_parallel_region(kv_combined)",),
-    )
-    original_gather = _require(mla, "gather_from_tensor_model_parallel_region")
-    original_init = self_attention.__init__
-
-    def gather_from_tensor_model_parallel_region(input_, group=None):
-        # k_pos_emb is cut from the gathered kv_combined; it feeds only this rank's heads, so its
-        # gradient is partial, but the gather's backward just slices (it assumes equal grads on
-        # all TP ranks). Route the rope slice through identity-forward / all-reduce-backward.
-        out = original_gather(input_, group)
-        rope_dim = getattr(input_, _ROPE_DIM_ATTR, None)
-        if rope_dim is None or not _MLA_ROPE_GRAD_FIX:
-            return out
-        from megatron.core.parallel_state import get_tensor_model_parallel_group
-
-        group = group if group is not None else get_tensor_model_parallel_group()
-        latent, rope = torch.split(out, [out.size(-1) - rope_dim, rope_dim], dim=-1)
-        return torch.cat([latent, _AllReduceGradOverTP.apply(rope, group)], dim=-1)
-
-    def _tag_kv_combined(module, inputs, output):
-        tensor = output[0] if isinstance(output, tuple) else output
-        setattr(tensor, _ROPE_DIM_ATTR, module._r1mega_rope_dim)
-        return output
-
-    @functools.wraps(original_init)
-    def __init__(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        down = self.linear_kv_down_proj
-        if getattr(down, "output_size_per_partition", None) not in (None, getattr(down, "output_size", None)):
-            down._r1mega_rope_dim = self.config.qk_pos_emb_head_dim
-            down.register_forward_hook(_tag_kv_combined)
-
-    mla.gather_from_tensor_model_parallel_region = gather_from_tensor_model_parallel_region
-    self_attention.__init__ = __init__
-
-
-# ------------------------------------------------------------------------------------------------
-# dist_checkpointing: its save workers need psutil (see docs/cpu_support.md)
-# ------------------------------------------------------------------------------------------------
-
-
-def _check_dist_checkpointing_deps() -> None:
-    try:
-        import psutil  # noqa: F401
-    except ImportError:
-        raise CpuSupportError(
-            "psutil is missing: megatron's torch_dist checkpoint save workers call "
-            "_process_memory() outside their try and die without it (install psutil)"
-        ) from None

@@ -171,12 +171,14 @@ def init_distributed(parallel_cfg: ParallelConfig, *, seed: int, model_cfg=None)
     from megatron.core import parallel_state
 
     from r1mega.parallel.cpu import enable_cpu_support
+    from r1mega.parallel.megatron_fixes import apply_megatron_fixes
 
     info = launch_env()
     parallel_cfg.check_world_size(info.world_size)
     if model_cfg is not None:
         parallel_cfg.check_model(model_cfg)
 
+    apply_megatron_fixes()  # every device: they fix megatron code, not the lack of CUDA
     cuda = torch.cuda.is_available()
     if not cuda:
         enable_cpu_support()
