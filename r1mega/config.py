@@ -1,6 +1,6 @@
 """The job config: narrow sections (model, parallel, run, ...) composed into one `Config`.
 
-`load_config("examples/configs/tiny.yaml", ["train.lr=1e-5", "parallel.tp=2"])` reads YAML, applies
+`load_config("examples/configs/tiny.yaml", ["optimizer.lr=1e-5", "parallel.tp=2"])` reads YAML, applies
 dotted overrides and validates everything before any process group or model is built. Layout checks
 that need the world size run in `Config.check_layout(world_size)` at distributed start-up.
 """

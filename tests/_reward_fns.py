@@ -52,3 +52,8 @@ def echo_task_accuracy(sample, reference):
 
 def returns_nan(sample, reference):
     return float("nan")
+
+
+def even_length_is_right(sample, reference):
+    """An accuracy that varies within a group even for a random model (DAPO's filter needs that)."""
+    return 1.0 if len(sample.response_text) % 2 == 0 else 0.0

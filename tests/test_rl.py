@@ -196,7 +196,11 @@ def test_bad_rl_layouts_are_refused():
     [
         (["algorithm.name=grpo", "algorithm.kl_coef=0.01", "algorithm.updates_per_batch=2",
           "algorithm.ref_refresh_every=1"], ("kl", "logprob_s")),
-        (["algorithm.name=dapo", "algorithm.max_resample_rounds=1"], ("groups_kept", "reward/overlong_penalty")),
+        # DAPO filters on accuracy: a random model is never right, so its accuracy comes from a rule
+        # that varies within a group (the filter itself is tested in test_rl_collect.py)
+        (["algorithm.name=dapo", "algorithm.max_resample_rounds=1",
+          "rewards.task_accuracy.arithmetic=tests._reward_fns:even_length_is_right"],
+         ("groups_kept", "reward/overlong_penalty")),
         (["algorithm.name=reinforce++", "algorithm.kl_in=reward", "algorithm.kl_type=k1"], ("kl_reward_penalty",)),
     ],
     ids=["grpo-kl-2updates", "dapo", "reinforce++-kl-in-reward"],

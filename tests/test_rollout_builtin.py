@@ -237,3 +237,21 @@ def test_left_padding_positions_count_real_tokens_only(engine):
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 9, 10]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 1, 1]]
     assert [p[m.bool()].tolist() for p, m in zip(positions, mask)] == [[0, 1, 2], [0], [0, 1]]
+
+
+def test_generation_uses_the_supported_kv_cache_argument():
+    # transformers >= 5.2x renamed the forward's `past_key_values` to `cache` and warns that the old
+    # name goes away in 5.40; the engine passes whichever name the installed model's forward takes
+    import inspect
+    import warnings
+
+    from r1mega.rollout.builtin import kv_cache_argument
+
+    engine = make_engine()
+    params = inspect.signature(engine.model.forward).parameters
+    assert kv_cache_argument(engine.model) == ("cache" if "cache" in params else "past_key_values")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine.generate([[3, 5, 7, 11]], SamplingParams(max_new_tokens=6, temperature=1.0, seed=1))
+        engine.compute_logprobs([[3, 5, 7]], [[11, 13]])
+    assert not [w for w in caught if "past_key_values" in str(w.message)], [str(w.message) for w in caught]

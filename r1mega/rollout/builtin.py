@@ -17,6 +17,7 @@ Log-probs follow `r1mega.rollout.types`; sampling and its per-sample random stre
 from __future__ import annotations
 
 import copy
+import inspect
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
@@ -38,6 +39,13 @@ from r1mega.rollout.stopping import Decoder, StopChecker
 from r1mega.rollout.types import NamedTensors, Sample, SamplingParams
 
 _READY, _SYNCING, _RELEASED, _AWAITING = "ready", "syncing", "released", "awaiting weights"
+
+
+def kv_cache_argument(model) -> str:
+    """The forward keyword that takes the KV cache: `cache` in transformers >= 5.2x (which warns that
+    `past_key_values` goes away in 5.40), `past_key_values` before (5.19, the release SGLang pins)."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 class BuiltinEngine:
@@ -82,6 +90,7 @@ class BuiltinEngine:
             initialize=directory is None,
         )
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
+        self._cache_kwarg = kv_cache_argument(self.model)
         self.weights = HFWeightMap(self.model)
         self._state = _READY
         self._released_layout: list = []
@@ -234,7 +243,7 @@ class BuiltinEngine:
                 input_ids=tokens.unsqueeze(1),
                 attention_mask=mask,
                 position_ids=next_pos.unsqueeze(1),
-                past_key_values=cache,
+                **{self._cache_kwarg: cache},
                 use_cache=True,
             )
             logits = out.logits[:, -1]  # [batch, vocab]
@@ -335,7 +344,7 @@ class BuiltinEngine:
                 input_ids=input_ids[:, start:end],
                 attention_mask=mask[:, :end],
                 position_ids=positions[:, start:end],
-                past_key_values=cache,
+                **{self._cache_kwarg: cache},
                 use_cache=True,
                 logits_to_keep=0 if on_logits is not None else 1,  # 0 = every position
             )
