@@ -22,17 +22,19 @@ setup(
     include_package_data=True,
     package_data={"r1mega": ["assets/*", "assets/**/*"]},
     install_requires=[
-        # 2.11 is the GPU image's torch, 2.13.0 the CPU build CI installs first.
-        "torch>=2.11,<2.14",
+        # 2.11 is the GPU image's torch, 2.13.0 the CPU build CI installs first, 2.14.1 SGLang 0.5.23's
+        # pin. Exact versions live in the locks (requirements/lock-*.txt, docs/install.md).
+        "torch>=2.11,<2.15",
         # Exactly the release r1mega/parallel/cpu.py was written and verified against.
         "megatron-core==0.16.1",
         "numpy>=1.26",
         "pyyaml>=6.0",
         "safetensors>=0.4",
         "tokenizers>=0.20",
-        # >= 5: the built-in rollout engine runs transformers 5 model code (fused MoE experts,
-        # experts_implementation, transformers.initialization).
-        "transformers>=5.0",
+        # The built-in rollout engine runs transformers 5 model code (fused MoE experts,
+        # experts_implementation, transformers.initialization) and the export writes its formats:
+        # from 5.19 (SGLang 0.5.23's pin) to the newest release the suite passed on.
+        "transformers>=5.19,<5.26",
         "sympy>=1.12",
         "math-verify>=0.8",
         "pyarrow>=15",
@@ -43,17 +45,23 @@ setup(
         "tensorboard>=2.15",
     ],
     extras_require={
+        # Binary wheels only, locked in requirements/lock-gpu.txt. The rollout adapter is written
+        # against SGLang 0.5.23's weight-update session API, so exactly that release.
         "gpu": [
-            "transformer-engine[pytorch]>=2.4",
-            "flash-attn>=2.7",
-            "sglang>=0.5",
+            "sglang==0.5.23",
             "nvidia-ml-py>=12",
         ],
-        # triton runs the kernels under TRITON_INTERPRET=1 in the CPU tests.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "triton>=3.4"],
+        # Compiled against the installed torch and CUDA (pip install --no-build-isolation); not locked.
+        "gpu-build": [
+            "transformer-engine[pytorch]>=2.4",
+            "flash-attn>=2.7",
+        ],
+        # triton runs the kernels under TRITON_INTERPRET=1 in the CPU tests; the kernels use its
+        # language internals, so up to the newest release they were tested on.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "triton>=3.4,<3.10"],
         # Benchmark comparison only (python -m r1mega.kernels.bench logprob); never imported otherwise.
         "bench": ["liger-kernel>=0.5"],
-        "dev": ["ruff>=0.6", "pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "triton>=3.4"],
+        "dev": ["ruff>=0.6", "pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "triton>=3.4,<3.10"],
     },
     entry_points={"console_scripts": ["r1mega=r1mega.cli:main"]},
 )
