@@ -27,7 +27,7 @@ import torch
 
 from r1mega.models.config import ModelConfig
 
-__all__ = ["write_hf_export", "DEFAULT_BUCKET_BYTES", "DEFAULT_MAX_SHARD_BYTES"]
+__all__ = ["write_hf_export", "check_exportable", "DEFAULT_BUCKET_BYTES", "DEFAULT_MAX_SHARD_BYTES"]
 
 DEFAULT_BUCKET_BYTES = 256 << 20
 """Extra memory of one export step per rank (plus the largest tensor's staging buffer): small
@@ -100,6 +100,14 @@ def write_hf_export(
             for bucket in buckets:  # every rank takes part in the gathers and broadcasts
                 del bucket
     return out_dir
+
+
+def check_exportable(model_cfg: ModelConfig, tokenizer) -> None:
+    """The checks of `write_hf_export` that need no weights (EOS, tokenizer files that load as
+    `tokenizer`), for a job to run at start-up instead of failing after training."""
+    from r1mega.convert.hf_tokenizer import export_tokenizer_files
+
+    export_tokenizer_files(tokenizer, _hf_config(model_cfg, _token_ids(tokenizer), torch.float32))
 
 
 def _hf_config(model_cfg: ModelConfig, token_ids: dict[str, int], dtype: torch.dtype, hf_base=None):
