@@ -158,7 +158,7 @@ def test_sharded_models_export_bit_identically(tmp_path):
 # tools/convert_mcore_to_hf.py on a training checkpoint
 # ------------------------------------------------------------------------------------------------
 
-_EXPORT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+_EXPORT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenization_r1mega.py")
 
 
 @pytest.mark.dist

@@ -227,3 +227,17 @@ def test_load_tokenizer_accepts_a_replaced_class_that_tokenizes_as_the_file(sour
     tok = load_tokenizer(d)
     assert type(tok).__name__ == "Qwen2Tokenizer"
     assert tok(PROBE_TEXTS[0])["input_ids"] == load_tokenizer(sources["qwen_format"])(PROBE_TEXTS[0])["input_ids"]
+
+
+def test_without_tokenizer_json_the_declared_class_must_be_the_one_built(tmp_path):
+    """Nothing to compare ids with: the classes decide (a sentencepiece-only directory, say)."""
+    from r1mega.data.tokenizer_check import resolution_problem
+
+    tiny = load_tokenizer("tiny")
+    d = tmp_path / "no_json"
+    d.mkdir()
+    (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizerFast"}))
+    problem = resolution_problem(d, tiny)
+    assert problem == f"{d}: tokenizer_config.json declares LlamaTokenizerFast but AutoTokenizer builds TokenizersBackend"
+    (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    assert resolution_problem(d, tiny) is None
