@@ -241,3 +241,25 @@ def test_without_tokenizer_json_the_declared_class_must_be_the_one_built(tmp_pat
     assert problem == f"{d}: tokenizer_config.json declares LlamaTokenizerFast but AutoTokenizer builds TokenizersBackend"
     (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
     assert resolution_problem(d, tiny) is None
+
+
+def test_an_in_memory_tokenizer_is_saved_and_checked_the_same_way(tmp_path):
+    """A tokenizer with no directory behind it (built in code) goes through save_pretrained, then
+    the same check and class declaration."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from r1mega.config import load_config
+    from r1mega.convert.hf_config import hf_config_from_model_config
+
+    backend = Tokenizer.from_file(str(TINY_TOKENIZER_DIR / "tokenizer.json"))
+    training = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|pad|>")
+    config = hf_config_from_model_config(load_config("examples/configs/tiny_pretrain.yaml", []).model)
+    out = tmp_path / "hf"
+    out.mkdir()
+    config.save_pretrained(str(out))
+    write_files(export_tokenizer_files(training, config), out)
+    loaded = AutoTokenizer.from_pretrained(str(out))
+    for text in PROBE_TEXTS:
+        assert loaded(text)["input_ids"] == backend.encode(text).ids
+    assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"

@@ -6,9 +6,9 @@
 1. Files. A tokenizer loaded from a local directory (`load_tokenizer`: `tiny`, a checkpoint or a
    tokenizer directory) has its files copied byte for byte, so a real model's tokenizer stays as the
    original shipped it; any other tokenizer is written by `save_pretrained`.
-2. Check. The files are loaded with AutoTokenizer beside the export's config.json, as transformers,
-   AutoProcessor, TRL, SGLang, vLLM and lm-eval load them (config.json matters: transformers picks
-   the class from its `model_type` too), and must give the training tokenizer's ids on the probe
+2. Check. The files are loaded with AutoTokenizer beside the export's config.json, the call behind
+   AutoProcessor, TRL, SGLang, vLLM and lm-eval (config.json matters: transformers picks the class
+   from its `model_type` too), and must give the training tokenizer's ids on the probe
    texts (r1mega.data.tokenizer_check), its vocabulary, special tokens and chat template.
 3. Pin, only where the check fails. transformers 5.25 builds `Qwen2Tokenizer` for every
    `model_type: qwen2` directory, whatever tokenizer class it declares, and that class rebuilds
