@@ -113,12 +113,12 @@ def _pin(directory: Path) -> None:
     (directory / PINNED_MODULE).write_text(_PINNED_SOURCE, encoding="utf-8")
 
 
-def export_mismatch(directory: Path, tokenizer: Any, **load_kwargs) -> Optional[str]:
-    """How AutoTokenizer on `directory` (with `load_kwargs`) differs from `tokenizer`, in one
-    phrase; None when it gives the same ids, vocabulary, special tokens and chat template."""
+def export_mismatch(directory: Path, tokenizer: Any) -> Optional[str]:
+    """How AutoTokenizer on `directory` differs from `tokenizer`, in one phrase; None when it
+    gives the same ids (with and without special tokens), vocabulary, EOS/BOS and chat template."""
     from transformers import AutoTokenizer
 
-    loaded = AutoTokenizer.from_pretrained(str(directory), local_files_only=True, **load_kwargs)
+    loaded = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     name = type(loaded).__name__
     for add_special in (False, True):
         diff = first_difference(
@@ -156,5 +156,6 @@ def export_tokenizer_files(tokenizer: Any, hf_config: Any) -> dict[str, bytes]:
 
 
 def write_files(files: dict[str, bytes], directory: Path) -> None:
+    """Write `export_tokenizer_files`' result into `directory`."""
     for name, content in files.items():
         (Path(directory) / name).write_bytes(content)
