@@ -133,7 +133,8 @@ def random_export_and_evaluate(out_dir: str) -> dict:
     from r1mega.training.hf_export import write_hf_export
     from tests import parallel_equivalence as pe
 
-    overrides = [o for o in OVERRIDES if not o.startswith("model.vocab_size=")]
+    # 24 new tokens: enough for completions that differ, short enough for a test of seconds
+    overrides = [o for o in OVERRIDES if not o.startswith("model.vocab_size=")] + ["sft.max_new_tokens=24"]
     cfg = load_config("examples/configs/tiny_pretrain.yaml", [*overrides, f"run.output_dir={out_dir}"])
     init_distributed(ParallelConfig(), seed=SEED)
     (model,) = build_model(cfg.model, ParallelConfig())
