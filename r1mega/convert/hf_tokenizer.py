@@ -123,8 +123,8 @@ def export_mismatch(directory: Path, tokenizer: Any) -> Optional[str]:
     for add_special in (False, True):
         diff = first_difference(
             probe_texts(tokenizer),
-            lambda t: loaded(t, add_special_tokens=add_special)["input_ids"],
-            lambda t: tokenizer(t, add_special_tokens=add_special)["input_ids"],
+            lambda t, a=add_special: loaded(t, add_special_tokens=a)["input_ids"],
+            lambda t, a=add_special: tokenizer(t, add_special_tokens=a)["input_ids"],
         )
         if diff is not None:
             return f"AutoTokenizer builds {name}, with which {diff}"

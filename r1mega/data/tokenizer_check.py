@@ -29,8 +29,10 @@ __all__ = [
 
 PROBE_TEXTS: tuple[str, ...] = (
     R1_ZERO_TEMPLATE.format(prompt="Calculate 7+5+9") + " <think>",
-    "A conversation between User and Assistant. User: Using the numbers [3, 7, 25], create an "
-    "equation that equals 46. Assistant: <think>\n25+3*7=46\n</think> <answer>25+3*7</answer>",
+    (
+        "A conversation between User and Assistant. User: Using the numbers [3, 7, 25], create an "
+        "equation that equals 46. Assistant: <think>\n25+3*7=46\n</think> <answer>25+3*7</answer>"
+    ),
     "12+34=<think> 4+2=6 </think> <answer>46</answer>",
     "It's 3.14159, isn't it?  Two  spaces,\ttab,\n\nnewlines\r\n and trailing   ",
     "数学题：一加一等于几？答案是２。 Привет, мир! αβγ δ café naïve Ünïcödé 🙂👍🏽",
