@@ -113,3 +113,45 @@ def export_sharded(out_dir: str, source: str, layouts: list[dict]) -> list[str]:
         parallel_state.destroy_model_parallel()
     destroy_distributed()
     return written
+
+
+def random_export_and_evaluate(out_dir: str) -> dict:
+    """One process: the tiny default's model (vocabulary = the tiny tokenizer's 512) with random
+    weights, exported with `write_hf_export`, and r1mega's own greedy evaluation of the same model on
+    the held-out prompts (greedy_generate + score_completions, as the trainer's evaluate_accuracy
+    runs them), whose completions go to a jsonl file."""
+    from megatron.core import parallel_state
+
+    from r1mega.config import load_config
+    from r1mega.data.prompts import load_prompt_dataset
+    from r1mega.data.tokenizer import load_tokenizer
+    from r1mega.models.builder import build_model
+    from r1mega.parallel.config import ParallelConfig
+    from r1mega.parallel.distributed import destroy_distributed, init_distributed
+    from r1mega.training.eval_accuracy import score_completions
+    from r1mega.training.greedy import greedy_generate
+    from r1mega.training.hf_export import write_hf_export
+    from tests import parallel_equivalence as pe
+
+    # 24 new tokens: enough for completions that differ, short enough for a test of seconds
+    overrides = [o for o in OVERRIDES if not o.startswith("model.vocab_size=")] + ["sft.max_new_tokens=24"]
+    cfg = load_config("examples/configs/tiny_pretrain.yaml", [*overrides, f"run.output_dir={out_dir}"])
+    init_distributed(ParallelConfig(), seed=SEED)
+    (model,) = build_model(cfg.model, ParallelConfig())
+    pe.randomize_(model, SEED + 1)
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    path = write_hf_export([model], cfg.model, tokenizer, Path(out_dir) / "random_hf")
+    prompts = load_prompt_dataset(cfg.data, "test", tokenizer).examples
+    outputs = greedy_generate(
+        [model],
+        [ex.prompt_token_ids for ex in prompts],
+        max_new_tokens=cfg.sft.max_new_tokens,
+        eos_token_ids=[tokenizer.eos_token_id],
+        vocab_size=cfg.model.vocab_size,
+        max_length=cfg.model.max_position_embeddings,
+    )
+    samples = Path(out_dir) / "eval_samples.jsonl"
+    score_completions(prompts, outputs, tokenizer, cfg.rewards, samples_path=samples)
+    parallel_state.destroy_model_parallel()
+    destroy_distributed()
+    return {"hf_dir": str(path), "samples": str(samples), "max_new_tokens": cfg.sft.max_new_tokens}

@@ -58,14 +58,66 @@ def test_pretrain_export_carries_the_tokenizer_and_eos(pretrained):
 
     result, _ = pretrained
     hf_dir = Path(result["hf_dir"])
+    from transformers import AutoTokenizer
+
     tiny, exported = load_tokenizer("tiny"), load_tokenizer(hf_dir)
     text = "12+34=<think> 4+2=6 </think> <answer>46</answer>"
     assert exported(text)["input_ids"] == tiny(text)["input_ids"]
+    assert AutoTokenizer.from_pretrained(str(hf_dir))(text)["input_ids"] == tiny(text)["input_ids"]
+    messages = [{"role": "user", "content": "Calculate 7+5+9."}]
+    assert AutoTokenizer.from_pretrained(str(hf_dir)).apply_chat_template(messages, tokenize=False) == (
+        tiny.apply_chat_template(messages, tokenize=False)
+    )
     config = json.loads((hf_dir / "config.json").read_text())
     generation = json.loads((hf_dir / "generation_config.json").read_text())
     assert config["eos_token_id"] == generation["eos_token_id"] == tiny.eos_token_id
     assert config["pad_token_id"] == tiny.pad_token_id
     assert config["architectures"] == ["Qwen2ForCausalLM"] and config["dtype"] == "float32"
+
+
+def _hf_greedy(model, tokenizer, prompt_text: str, max_new_tokens: int) -> str:
+    """A new user's greedy completion: the export's own generation_config (greedy, EOS) decides."""
+    ids = tokenizer(prompt_text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=max_new_tokens)
+    return tokenizer.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True)
+
+
+@pytest.mark.dist
+def test_export_greedy_completions_equal_r1megas_own_evaluation(tmp_path):
+    """AutoModelForCausalLM + AutoTokenizer on the export of the tiny default's model (random
+    weights, so that completions are not blank) give, string for string, the
+    completions r1mega's greedy evaluation of the same model wrote on the held-out prompts; the same
+    model behind the class transformers picks for qwen2 by default (Qwen2Tokenizer) does not."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Qwen2Tokenizer
+
+    from r1mega.data.prompts import load_prompt_dataset
+    from r1mega.data.tokenizer import load_tokenizer
+
+    (result,) = run_distributed(_hf_export_fns.random_export_and_evaluate, 1, str(tmp_path), timeout=600)
+    hf_dir = Path(result["hf_dir"])
+    rows = [json.loads(line) for line in Path(result["samples"]).read_text().splitlines()]
+    want = [r["completion"] for r in rows]
+    # completions with content: more than one, each many tokens long (a random model repeats itself)
+    assert len(rows) >= 8 and len(set(want)) > 1 and all(len(w) > 20 for w in want)
+
+    tiny = load_tokenizer("tiny")
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32, local_files_only=True)
+    generation = GenerationConfig.from_pretrained(str(hf_dir))
+    assert (generation.eos_token_id, generation.pad_token_id, generation.bos_token_id) == (
+        tiny.eos_token_id, tiny.pad_token_id, None
+    )
+    assert not generation.do_sample and model.generation_config.eos_token_id == tiny.eos_token_id
+    cfg = _hf_export_fns.pretrain_config(str(tmp_path))
+    examples = load_prompt_dataset(cfg.data, "test", tiny).examples
+    assert [ex.reference["source"] for ex in examples] == [r["source"] for r in rows]
+    prompts = [ex.prompt_text for ex in examples]
+    n = result["max_new_tokens"]
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+    got = [_hf_greedy(model, tokenizer, p, n) for p in prompts]
+    assert got == want
+    qwen2 = Qwen2Tokenizer.from_pretrained(str(hf_dir))  # the negative control: another tokenization
+    assert [_hf_greedy(model, qwen2, p, n) for p in prompts[:2]] != want[:2]
 
 
 @pytest.mark.dist
@@ -106,7 +158,7 @@ def test_sharded_models_export_bit_identically(tmp_path):
 # tools/convert_mcore_to_hf.py on a training checkpoint
 # ------------------------------------------------------------------------------------------------
 
-_EXPORT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+_EXPORT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenization_r1mega.py")
 
 
 @pytest.mark.dist

@@ -9,7 +9,8 @@ stages and EP experts broadcast, one bounded bucket at a time) and rank 0 writes
     model.safetensors (or model-0000i-of-0000n.safetensors + model.safetensors.index.json)
     config.json              hf_config_from_model_config, with the tokenizer's token ids and the dtype
     generation_config.json   eos / bos / pad token ids, so generation stops where training taught it
-    tokenizer files          tokenizer.save_pretrained
+    tokenizer files          the training tokenizer's own files, checked to load as it in
+                             AutoTokenizer beside this config.json (r1mega.convert.hf_tokenizer)
 
 into a temporary directory renamed into place once everything is written (r1mega.convert.atomic):
 a crash or a kill never leaves a half-written export, and an earlier export stays until the new one
@@ -26,7 +27,7 @@ import torch
 
 from r1mega.models.config import ModelConfig
 
-__all__ = ["write_hf_export", "DEFAULT_BUCKET_BYTES", "DEFAULT_MAX_SHARD_BYTES"]
+__all__ = ["write_hf_export", "check_exportable", "DEFAULT_BUCKET_BYTES", "DEFAULT_MAX_SHARD_BYTES"]
 
 DEFAULT_BUCKET_BYTES = 256 << 20
 """Extra memory of one export step per rank (plus the largest tensor's staging buffer): small
@@ -73,41 +74,50 @@ def write_hf_export(
     original config.json whose non-architecture fields are kept. `progress(n_tensors)`: called on
     rank 0 as tensors are written. Returns `out_dir`.
     """
+    from transformers import GenerationConfig
+
     from r1mega.convert.atomic import atomic_directory
     from r1mega.convert.export import export_hf_tensors
     from r1mega.convert.hf_checkpoint import write_safetensors_shards
+    from r1mega.convert.hf_tokenizer import export_tokenizer_files, write_files
 
     if bucket_bytes < 1 or max_shard_bytes < 1:
         raise ValueError(f"write_hf_export: bucket_bytes and max_shard_bytes must be >= 1, got {bucket_bytes}, {max_shard_bytes}")
     chunks = list(model_chunks) if isinstance(model_chunks, (list, tuple)) else [model_chunks]
-    token_ids = _token_ids(tokenizer)  # checked on every rank before any collective
-    dtype = _params_dtype(chunks)
+    # checked on every rank before any collective, so a refusal never leaves ranks waiting
+    token_ids = _token_ids(tokenizer)
+    config = _hf_config(model_cfg, token_ids, _params_dtype(chunks), hf_base)
+    tokenizer_files = export_tokenizer_files(tokenizer, config)
     out_dir = Path(out_dir).resolve()
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         buckets = export_hf_tensors(chunks, bucket_bytes, model_cfg=model_cfg)
         if _is_rank0():
             write_safetensors_shards(buckets, tmp, max_shard_bytes=max_shard_bytes, progress=progress)
-            _write_configs(tmp, model_cfg, token_ids, dtype, hf_base)
-            tokenizer.save_pretrained(str(tmp))
+            config.save_pretrained(str(tmp))
+            GenerationConfig(**token_ids).save_pretrained(str(tmp))
+            write_files(tokenizer_files, tmp)
         else:
             for bucket in buckets:  # every rank takes part in the gathers and broadcasts
                 del bucket
     return out_dir
 
 
-def _write_configs(
-    directory: Path, model_cfg: ModelConfig, token_ids: dict[str, int], dtype: torch.dtype, hf_base=None
-) -> None:
-    from transformers import GenerationConfig
+def check_exportable(model_cfg: ModelConfig, tokenizer) -> None:
+    """The checks of `write_hf_export` that need no weights (EOS, tokenizer files that load as
+    `tokenizer`), for a job to run at start-up instead of failing after training."""
+    from r1mega.convert.hf_tokenizer import export_tokenizer_files
 
+    export_tokenizer_files(tokenizer, _hf_config(model_cfg, _token_ids(tokenizer), torch.float32))
+
+
+def _hf_config(model_cfg: ModelConfig, token_ids: dict[str, int], dtype: torch.dtype, hf_base=None):
     from r1mega.convert.hf_config import hf_config_from_model_config
 
     config = hf_config_from_model_config(model_cfg, base=hf_base)
     for key, value in token_ids.items():
         setattr(config, key, value)
     config.dtype = str(dtype).removeprefix("torch.")
-    config.save_pretrained(str(directory))
-    GenerationConfig(**token_ids).save_pretrained(str(directory))
+    return config
 
 
 def _is_rank0() -> bool:

@@ -72,6 +72,10 @@ def run_supervised(cfg: Config, stage: Stage) -> JobResult:
             raise ValueError(
                 f"model.vocab_size: {cfg.model.vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens"
             )
+        if stage == "pretrain" and cfg.pretrain.export_hf:
+            from r1mega.training.hf_export import check_exportable
+
+            check_exportable(cfg.model, tokenizer)  # at start, not after training
         train, held_out, prompts = load_datasets(cfg, stage, tokenizer)
         trainer = SupervisedTrainer(cfg, train, held_out, tokenizer=tokenizer, accuracy_prompts=prompts, stage=stage)
         root = cfg.checkpoint.root(cfg.run.run_dir)
