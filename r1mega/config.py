@@ -82,6 +82,12 @@ class Config:
                 f"(got {self.optimizer.name!r}; or set parallel.use_distributed_optimizer=false)"
             )
 
+        if self.optimizer.cpu_offload and not self.parallel.use_distributed_optimizer:
+            raise ConfigError(
+                "optimizer.cpu_offload: megatron offloads the distributed optimizer's shards "
+                "(set parallel.use_distributed_optimizer=true)"
+            )
+
     def check_sequence_budget(self) -> None:
         """Prompt + generated tokens must fit the model's positions; called by stages that generate."""
         longest = self.data.max_prompt_tokens + self.rollout.max_new_tokens

@@ -48,6 +48,10 @@ def transformer_config(
             "parallel.cp: context parallelism needs transformer-engine attention "
             "(CUDA + transformer-engine); the local spec has none"
         )
+    if parallel_cfg.gradient_accumulation_fusion and not torch.cuda.is_available():
+        raise ValueError(
+            "parallel.gradient_accumulation_fusion: needs CUDA (a fused weight-gradient GEMM); set it false on CPU"
+        )
     kwargs = family_module(model_cfg.family).transformer_config_kwargs(model_cfg)
     kwargs.update(
         **parallel_cfg.megatron_sizes(),
@@ -70,6 +74,7 @@ def transformer_config(
         # unbatched path sends the two directions over different communicators.
         batch_p2p_comm=torch.cuda.is_available(),
     )
+    kwargs.update(parallel_cfg.transformer_config_kwargs())  # uneven split, recompute, GEMM fusion
     kwargs.update(overrides)
     cls = MLATransformerConfig if model_cfg.multi_latent_attention else TransformerConfig
     return cls(**kwargs)
@@ -93,7 +98,7 @@ def build_model(
     from megatron.core.models.gpt import GPTModel
 
     from r1mega.models.spec import decoder_block_spec, transformer_engine_usable
-    from r1mega.parallel.cpu import enable_cpu_support
+    from r1mega.parallel.cpu import apply_megatron_fixes, enable_cpu_support
 
     if not torch.cuda.is_available():
         enable_cpu_support()
@@ -102,6 +107,7 @@ def build_model(
     if not parallel_state.model_parallel_is_initialized():
         raise RuntimeError("build_model needs megatron's parallel state: call init_distributed first")
     parallel_cfg.check_model(model_cfg)
+    apply_megatron_fixes()
     config = transformer_config(
         model_cfg, parallel_cfg, params_dtype=params_dtype, use_te=use_te, **(config_overrides or {})
     )

@@ -31,6 +31,8 @@ __all__ = [
     "enable_cpu_support",
     "cpu_support_enabled",
     "mla_rope_grad_fix",
+    "apply_megatron_fixes",
+    "fix_checkpoint_without_output_fp8",
     "MEGATRON_VERSION",
     "CpuDeviceMode",
 ]
@@ -525,6 +527,49 @@ def _patch_mla() -> None:
 
     mla.gather_from_tensor_model_parallel_region = gather_from_tensor_model_parallel_region
     self_attention.__init__ = __init__
+
+
+# ------------------------------------------------------------------------------------------------
+# Fixes applied on every device (not only CPU): called by the model builder
+# ------------------------------------------------------------------------------------------------
+
+
+def apply_megatron_fixes() -> None:
+    """The megatron-core fixes that hold wherever their code path runs, CPU or GPU. Idempotent."""
+    fix_checkpoint_without_output_fp8()
+
+
+def fix_checkpoint_without_output_fp8() -> bool:
+    """megatron-core 0.16.1: `CheckpointWithoutOutput.__init__` sets `self.fp8 = fp8 is not None`,
+    True for fp8=False, so selective recompute of "layernorm" (and moe_act) enters the FP8 branch and
+    raises NameError FP8GlobalStateManager without transformer-engine. Set `self.fp8 = bool(fp8) and
+    HAVE_TE` after its __init__. Proven by tests/test_recompute.py::
+    test_selective_layernorm_recompute_matches_no_recompute (it raises without the fix).
+    Returns True when the patch is in place."""
+    from megatron.core import package_info
+    from megatron.core.tensor_parallel import random as mrandom
+
+    cls = _require(mrandom, "CheckpointWithoutOutput")
+    if getattr(cls.__init__, "_r1mega_fp8_fix", False):
+        return True
+    if package_info.__version__ != MEGATRON_VERSION:
+        raise CpuSupportError(
+            f"fix_checkpoint_without_output_fp8 was written for megatron-core {MEGATRON_VERSION}, "
+            f"found {package_info.__version__}; check whether CheckpointWithoutOutput still sets "
+            "fp8 from `fp8 is not None` before changing MEGATRON_VERSION"
+        )
+    _require(cls, "__init__", source_contains=("self.fp8 = fp8 is not None",))
+    original_init = cls.__init__
+
+    @functools.wraps(original_init)
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        fp8 = args[0] if args else kwargs.get("fp8", False)
+        self.fp8 = bool(fp8) and mrandom.HAVE_TE
+
+    __init__._r1mega_fp8_fix = True
+    cls.__init__ = __init__
+    return True
 
 
 # ------------------------------------------------------------------------------------------------
