@@ -137,3 +137,19 @@ def test_startup_check_refuses_before_anything_is_built():
     assert not check_plan_at_startup(cfg, world_size=16, stage="rl").fits  # warns, goes on
     # on CPU without a GPU kind there is nothing to plan
     assert check_plan_at_startup(load_config(TINY), world_size=1, stage="sft") is None
+
+
+def test_storage_tracker_counts_live_storages_once():
+    import torch
+
+    from r1mega.plan.measure import StorageTracker
+
+    with StorageTracker() as t:
+        a = torch.zeros(1024)  # 4 KiB
+        view = a[10:]  # same storage: not counted again
+        b = a + 1  # 4 KiB more: peak 8 KiB
+        del a, view
+        c = b * 2  # a freed: live stays 8 KiB
+        del b, c
+    assert t.peak_bytes == 8192
+    assert t.live_bytes == 0
