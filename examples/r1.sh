@@ -45,6 +45,8 @@ if [ -n "${R1MEGA_ACTIVATE:-}" ]; then
   eval "$R1MEGA_ACTIVATE"
 fi
 
+if command -v r1mega >/dev/null; then R1MEGA=(r1mega); else R1MEGA=(python3 -m r1mega.cli); fi
+
 NODES=${SLURM_JOB_NUM_NODES:-1}
 TASKS=${SLURM_NTASKS:-1}
 TASKS_PER_NODE=$((TASKS / NODES))
@@ -55,7 +57,7 @@ PLAN_STAGE=rl
 [ "$VERB" = train ] || PLAN_STAGE=sft
 PLAN_GPU=()
 if ! grep -qE '^\s*gpu:\s*[a-z]' "$CONFIG" 2>/dev/null; then PLAN_GPU=(--gpu "${R1MEGA_PLAN_GPU:-h100-80gb}"); fi
-if ! r1mega plan "$CONFIG" "${OVERRIDES[@]}" --nodes "$NODES" --gpus-per-node "$TASKS_PER_NODE" \
+if ! "${R1MEGA[@]}" plan "$CONFIG" "${OVERRIDES[@]}" --nodes "$NODES" --gpus-per-node "$TASKS_PER_NODE" \
      --stage "$PLAN_STAGE" --no-proposal "${PLAN_GPU[@]}" > "r1mega-${SLURM_JOB_ID:-0}.plan.txt" 2>&1; then
   cat "r1mega-${SLURM_JOB_ID:-0}.plan.txt" >&2
   echo "r1mega: refused before starting any rank (see the plan above; r1mega plan suggests a layout)" >&2
@@ -90,7 +92,7 @@ on_preempt() {
 trap on_preempt USR1 TERM
 
 STEP_ID=0
-"${SRUN[@]}" r1mega "$VERB" "$CONFIG" "${OVERRIDES[@]}" checkpoint.resume=auto &
+"${SRUN[@]}" "${R1MEGA[@]}" "$VERB" "$CONFIG" "${OVERRIDES[@]}" checkpoint.resume=auto &
 SRUN_PID=$!
 status=0
 while true; do

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -44,7 +45,9 @@ def _overrides(out: Path, name: str) -> list[str]:
 def _sbatch(out: Path, name: str, *, wait: bool, config: str = "examples/configs/tiny_pretrain.yaml",
             extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     # submitted from another directory with a relative config path: the script must cope
-    env = {**os.environ, "R1MEGA_VERB": "pretrain", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    # the job inherits this environment: put this interpreter's scripts (r1mega) first on PATH
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "R1MEGA_VERB": "pretrain", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     cmd = ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1",
            "--time=30", f"--output={out}/{name}-%j.out", f"--job-name={name}"]
     if wait:
