@@ -15,6 +15,7 @@ from r1mega.library_warnings import quiet_library_warnings
 # verb -> (module, one-line help). Keep in the order a user meets them.
 VERBS: dict[str, tuple[str, str]] = {
     "config": ("r1mega.commands.config", "resolve a config (YAML + overrides), validate it and print it"),
+    "plan": ("r1mega.commands.plan", "per-GPU memory of a config's layout, a verdict, and a layout that fits"),
     "data": ("r1mega.commands.data", "write a generated countdown/arithmetic split as jsonl or parquet"),
     "pretrain": ("r1mega.commands.pretrain", "train a base model on generated task text (the R1-Zero starting point)"),
     "sft": ("r1mega.commands.sft", "supervised fine-tuning (response-only loss) on an SFT dataset"),

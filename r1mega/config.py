@@ -26,6 +26,7 @@ from r1mega.algorithms.config import AlgorithmConfig
 from r1mega.data.config import DataConfig
 from r1mega.models.config import ModelConfig
 from r1mega.parallel.config import ParallelConfig
+from r1mega.plan.config import PlanConfig
 from r1mega.training.checkpoint_config import CheckpointConfig
 from r1mega.training.logging import LoggingConfig
 from r1mega.training.optimizer import OptimizerConfig
@@ -73,6 +74,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
     def validate(self) -> None:
         self.parallel.check_model(self.model)
@@ -80,6 +82,12 @@ class Config:
             raise ConfigError(
                 "optimizer.name: megatron's distributed optimizer supports adam only "
                 f"(got {self.optimizer.name!r}; or set parallel.use_distributed_optimizer=false)"
+            )
+
+        if self.optimizer.cpu_offload and not self.parallel.use_distributed_optimizer:
+            raise ConfigError(
+                "optimizer.cpu_offload: megatron offloads the distributed optimizer's shards "
+                "(set parallel.use_distributed_optimizer=true)"
             )
 
     def check_sequence_budget(self) -> None:

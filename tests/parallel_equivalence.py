@@ -229,6 +229,7 @@ def run_equivalence(
                 if getattr(p, "sequence_parallel", False):
                     p.sequence_parallel = False
     ddp = wrap_with_ddp(chunks, pcfg)
+    forward_calls = _count_forward_calls(chunks)
     dp_rank = parallel_state.get_data_parallel_rank()
     mine = batches[dp_rank * microbatches_per_dp_rank : (dp_rank + 1) * microbatches_per_dp_rank]
     with megatron_fixes.mla_rope_grad_fix(mla_rope_grad_fix):
@@ -255,7 +256,23 @@ def run_equivalence(
         "grad_errors": errors,
         "checked": sorted({k.split(" ")[0] for k in errors}),
         "reference_names": sorted(ref_grads),
+        "forward_calls": dict(forward_calls),
     }
+
+
+def _count_forward_calls(chunks) -> dict[str, int]:
+    """Forward calls per module class (recompute shows as repeated forwards in backward)."""
+    from collections import Counter
+
+    calls: Counter = Counter()
+
+    def hook(module, inputs, output):
+        calls[type(module).__name__] += 1
+
+    for chunk in chunks:
+        for module in chunk.modules():
+            module.register_forward_hook(hook)
+    return calls
 
 
 def run_cases(cases: list[dict]) -> list[dict]:

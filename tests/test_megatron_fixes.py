@@ -48,6 +48,8 @@ _PROBE = textwrap.dedent(
         "mla_gather_wrapped": mla.gather_from_tensor_model_parallel_region is not gather_before,
         "mla_have_te": mla.HAVE_TE,
         "moe_te_general_gemm_defined": hasattr(moe_utils, "te_general_gemm"),
+        "recompute_fp8_fixed": getattr(__import__("megatron.core.tensor_parallel.random", fromlist=["x"])
+                                       .CheckpointWithoutOutput.__init__, "_r1mega_fp8_fix", False),
     }))
     """
 )
@@ -65,6 +67,7 @@ def _probe(entry: str) -> dict:
 def test_nothing_is_patched_before_a_job_starts():
     r = _probe("none")
     assert not r["applied"] and not r["mla_gather_wrapped"] and not r["cpu_support"]
+    assert not r["recompute_fp8_fixed"]
 
 
 @pytest.mark.parametrize("entry", ["build_model", "init_distributed"])
@@ -75,6 +78,7 @@ def test_the_gpu_path_applies_every_megatron_fix(entry):
     assert r["mla_gather_wrapped"]  # the k_pos_emb gradient fix (TP > 1, local spec)
     assert r["mla_have_te"] is False  # no transformer-engine here
     assert r["moe_te_general_gemm_defined"]
+    assert r["recompute_fp8_fixed"]  # selective recompute of layernorm without TE
 
 
 def test_an_unknown_megatron_release_is_refused(monkeypatch):

@@ -11,6 +11,7 @@ every check that can fail is made identically on every rank, so no rank is left 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -32,6 +33,12 @@ def add_layout_args(parser: argparse.ArgumentParser, what: str) -> None:
     g.add_argument("--pp", type=int, default=1, help="pipeline parallel size (default 1)")
     g.add_argument("--ep", type=int, default=1, help="expert parallel size, MoE models (default 1)")
     g.add_argument("--etp", type=int, default=None, help="expert tensor parallel size (default: tp)")
+    g.add_argument("--pp-first", type=int, default=None,
+                   help="uneven pipeline: layers on the first stage (parallel.num_layers_in_first_pipeline_stage)")
+    g.add_argument("--pp-last", type=int, default=None,
+                   help="uneven pipeline: layers on the last stage (parallel.num_layers_in_last_pipeline_stage)")
+    g.add_argument("--pipeline-layout", default=None,
+                   help="megatron pipeline layout string, e.g. 'Et*3|t*2L' (parallel.pipeline_layout)")
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -47,8 +54,16 @@ def parallel_config(args, model_cfg: ModelConfig) -> ParallelConfig:
     with TP), which changes no weight."""
     moe_tp = model_cfg.is_moe and model_cfg.moe_first_k_dense < model_cfg.num_layers and args.tp > 1
     cfg = ParallelConfig(
-        tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, sequence_parallel=moe_tp, use_distributed_optimizer=False
+        tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, sequence_parallel=moe_tp, use_distributed_optimizer=False,
+        num_layers_in_first_pipeline_stage=getattr(args, "pp_first", None),
+        num_layers_in_last_pipeline_stage=getattr(args, "pp_last", None),
+        pipeline_layout=getattr(args, "pipeline_layout", None),
     )
+    if cfg.pipeline_layout is not None:  # the layout string fixes the virtual stages: build them all
+        from r1mega.parallel.pipeline_split import parse_layout
+
+        vpp = len(parse_layout(cfg.pipeline_layout)) // max(cfg.pp, 1)
+        cfg = dataclasses.replace(cfg, vpp=vpp if vpp > 1 else None)
     cfg.validate()
     cfg.check_model(model_cfg)
     return cfg

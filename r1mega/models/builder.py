@@ -48,6 +48,10 @@ def transformer_config(
             "parallel.cp: context parallelism needs transformer-engine attention "
             "(CUDA + transformer-engine); the local spec has none"
         )
+    if parallel_cfg.gradient_accumulation_fusion and not torch.cuda.is_available():
+        raise ValueError(
+            "parallel.gradient_accumulation_fusion: needs CUDA (a fused weight-gradient GEMM); set it false on CPU"
+        )
     kwargs = family_module(model_cfg.family).transformer_config_kwargs(model_cfg)
     kwargs.update(
         **parallel_cfg.megatron_sizes(),
@@ -70,6 +74,7 @@ def transformer_config(
         # unbatched path sends the two directions over different communicators.
         batch_p2p_comm=torch.cuda.is_available(),
     )
+    kwargs.update(parallel_cfg.transformer_config_kwargs())  # uneven split, recompute, GEMM fusion
     kwargs.update(overrides)
     cls = MLATransformerConfig if model_cfg.multi_latent_attention else TransformerConfig
     return cls(**kwargs)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from r1mega.configlib import ConfigError
+from r1mega.parallel.pipeline_split import PipelineSplit, stage_layer_counts
 
 if TYPE_CHECKING:
     from r1mega.models.config import ModelConfig
@@ -19,6 +20,16 @@ class ParallelConfig:
     """Pipeline model parallel size: layers are split into this many stages."""
     vpp: Optional[int] = None
     """Virtual pipeline stages per PP rank (interleaved 1F1B); None = plain 1F1B."""
+    num_layers_in_first_pipeline_stage: Optional[int] = None
+    """Uneven pipeline: transformer layers on the first PP rank (over all its virtual stages); the
+    embedding already weighs on that rank. None = the even share. The other ranks split the rest."""
+    num_layers_in_last_pipeline_stage: Optional[int] = None
+    """Uneven pipeline: transformer layers on the last PP rank (it also holds the output layer and
+    loss). With pp=2 and vpp > 1 only one of first/last may be set (megatron-core 0.16.1 crashes)."""
+    pipeline_layout: Optional[str] = None
+    """megatron-core's pipeline layout string, e.g. "Et*3|t*2L": one |-separated stage per (virtual
+    stage, rank) in the order vpp_rank*pp + pp_rank; E embedding, t layer, L loss, (..)*n repeats.
+    Its stage count must be pp * vpp (set vpp to match). Excludes the first/last counts."""
     ep: int = 1
     """Expert model parallel size (MoE models): experts are split over it."""
     etp: Optional[int] = None
@@ -31,6 +42,26 @@ class ParallelConfig:
     """Shard optimizer state over the DP group (megatron's distributed optimizer, ZeRO-1)."""
     overlap_grad_reduce: bool = False
     """Overlap DP gradient reduction with backward (GPU; no benefit with gloo)."""
+    grad_reduce_in_fp32: bool = True
+    """Keep main gradients (megatron DDP's grad buffer) in fp32 and reduce them in fp32; false keeps
+    them in the parameter dtype (bf16: half the gradient memory, less exact reductions)."""
+    overlap_param_gather: bool = False
+    """Distributed optimizer: overlap the all-gather of updated parameters with the next forward
+    (megatron DDP's overlap_param_gather; needs overlap_grad_reduce)."""
+    gradient_accumulation_fusion: bool = False
+    """Accumulate weight gradients straight into main_grad in the GEMM (needs CUDA and
+    transformer-engine or apex's fused_weight_gradient_mlp_cuda); refused on CPU."""
+    recompute_granularity: Optional[Literal["full", "selective"]] = None
+    """Activation recompute: "full" re-runs whole layers in backward (only their inputs are kept),
+    "selective" re-runs the submodules in recompute_modules; None keeps every activation."""
+    recompute_method: Optional[Literal["uniform", "block"]] = None
+    """Full recompute only: "uniform" checkpoints groups of recompute_num_layers layers, "block"
+    recomputes the first recompute_num_layers layers of each pipeline stage (chunk) and keeps the rest."""
+    recompute_num_layers: Optional[int] = None
+    """Full recompute only: layers per checkpointed group (uniform) or recomputed per stage (block)."""
+    recompute_modules: Optional[list[str]] = None
+    """Selective recompute only: any of core_attn, mlp, moe, shared_experts, layernorm, mla_up_proj
+    (moe_act needs transformer-engine's grouped GEMM). None = megatron's default ["core_attn"]."""
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """torch.distributed backend; auto = nccl when CUDA is available, else gloo."""
     timeout_minutes: int = 30
@@ -57,6 +88,39 @@ class ParallelConfig:
             )
         if self.sequence_parallel and self.tp == 1:
             raise ConfigError("sequence_parallel: needs tp > 1 (it splits the sequence over the TP group)")
+        if self.overlap_param_gather and not (self.use_distributed_optimizer and self.overlap_grad_reduce):
+            raise ConfigError(
+                "overlap_param_gather: needs use_distributed_optimizer=true and overlap_grad_reduce=true"
+            )
+        self._validate_recompute()
+
+    _RECOMPUTE_MODULES = ("core_attn", "mlp", "moe", "shared_experts", "layernorm", "mla_up_proj", "moe_act")
+
+    def _validate_recompute(self) -> None:
+        gran = self.recompute_granularity
+        if gran == "full":
+            if self.recompute_method is None or self.recompute_num_layers is None:
+                raise ConfigError(
+                    "recompute_method: full recompute needs recompute_method (uniform or block) and "
+                    "recompute_num_layers (e.g. uniform with 1: every layer recomputed)"
+                )
+            if self.recompute_num_layers < 1:
+                raise ConfigError(f"recompute_num_layers: must be >= 1, got {self.recompute_num_layers}")
+            if self.recompute_modules is not None:
+                raise ConfigError("recompute_modules: only for recompute_granularity=selective")
+        elif gran == "selective":
+            if self.recompute_method is not None or self.recompute_num_layers is not None:
+                raise ConfigError(
+                    "recompute_method: selective recompute takes recompute_modules only "
+                    "(unset recompute_method and recompute_num_layers)"
+                )
+            for m in self.recompute_modules or []:
+                if m not in self._RECOMPUTE_MODULES:
+                    raise ConfigError(
+                        f"recompute_modules: unknown module {m!r} (choose from {', '.join(self._RECOMPUTE_MODULES)})"
+                    )
+        elif self.recompute_method is not None or self.recompute_num_layers is not None or self.recompute_modules:
+            raise ConfigError("recompute_granularity: set it (full or selective) to use the other recompute_* keys")
 
     @property
     def expert_tp(self) -> int:
@@ -77,6 +141,36 @@ class ParallelConfig:
             expert_model_parallel_size=self.ep,
             expert_tensor_parallel_size=self.expert_tp,
         )
+
+    @property
+    def pipeline_split(self) -> PipelineSplit:
+        return PipelineSplit(
+            pp=self.pp, vpp=self.vpp if (self.vpp or 1) > 1 else None,
+            first=self.num_layers_in_first_pipeline_stage, last=self.num_layers_in_last_pipeline_stage,
+            layout=self.pipeline_layout,
+        )
+
+    def stage_layer_counts(self, num_layers: int) -> list[list[int]]:
+        """counts[pp_rank][vp_stage]: transformer layers of each model chunk (ConfigError if invalid)."""
+        return stage_layer_counts(num_layers, self.pipeline_split)
+
+    def transformer_config_kwargs(self) -> dict[str, Any]:
+        """Split, recompute and fusion settings that go to TransformerConfig (not to parallel_state)."""
+        out: dict[str, Any] = dict(
+            num_layers_in_first_pipeline_stage=self.num_layers_in_first_pipeline_stage,
+            num_layers_in_last_pipeline_stage=self.num_layers_in_last_pipeline_stage,
+            pipeline_model_parallel_layout=self.pipeline_layout,
+            gradient_accumulation_fusion=self.gradient_accumulation_fusion,
+        )
+        if self.recompute_granularity is not None:
+            out.update(
+                recompute_granularity=self.recompute_granularity,
+                recompute_method=self.recompute_method,
+                recompute_num_layers=self.recompute_num_layers,
+            )
+            if self.recompute_modules is not None:
+                out["recompute_modules"] = list(self.recompute_modules)
+        return out
 
     def data_parallel_size(self, world_size: int) -> int:
         self.check_world_size(world_size)
@@ -122,11 +216,13 @@ class ParallelConfig:
                 "parallel.sequence_parallel: megatron-core requires sequence parallelism for MoE "
                 f"layers with tp={self.tp} > 1 (set it true)"
             )
-        stages = self.pp * (self.vpp or 1)
-        if model.num_layers % stages:
+        counts = self.stage_layer_counts(model.num_layers)
+        if any(c < 1 for rank in counts for c in rank) and self.pipeline_layout is None:
             raise ConfigError(
-                f"parallel.pp: model.num_layers={model.num_layers} is not divisible by "
-                f"pp*vpp = {self.pp}*{self.vpp or 1} = {stages}"
+                f"parallel.vpp: model.num_layers={model.num_layers} leaves a virtual stage without layers"
             )
-        if self.vpp and self.vpp > 1 and self.pp > 1 and model.num_layers // stages < 1:
-            raise ConfigError("parallel.vpp: fewer layers than virtual stages")
+        mods = self.recompute_modules or []
+        if "mla_up_proj" in mods and not model.multi_latent_attention:
+            raise ConfigError("parallel.recompute_modules: mla_up_proj needs an MLA model (deepseek_v3)")
+        if ("moe" in mods or "moe_act" in mods or "shared_experts" in mods) and not model.is_moe:
+            raise ConfigError("parallel.recompute_modules: moe/moe_act/shared_experts need an MoE model")

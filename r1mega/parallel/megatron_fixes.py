@@ -12,6 +12,7 @@ megatron run without CUDA at all and live in `r1mega.parallel.cpu`, switched on 
 | `_fix_moe_te_general_gemm` | transformer-engine absent (CPU, or a GPU without TE) | EP=2 tests in test_parallel_equivalence.py |
 | `_fix_mla_have_te` | transformer-engine absent | every DeepSeek-V3 test |
 | `_fix_mla_rope_grad` | MLA with a TP-partitioned `linear_kv_down_proj` (local spec at TP>1) | test_parallel_equivalence.py::test_mla_tp2_needs_the_k_pos_emb_gradient_fix (negative control included) |
+| `fix_checkpoint_without_output_fp8` | selective recompute of `layernorm` / `moe_act` without transformer-engine | test_recompute.py::test_selective_layernorm_recompute_matches_no_recompute |
 | `_check_dist_checkpointing_deps` | every torch_dist save | test_checkpoint.py saves |
 """
 
@@ -31,6 +32,7 @@ __all__ = [
     "apply_megatron_fixes",
     "megatron_fixes_applied",
     "mla_rope_grad_fix",
+    "fix_checkpoint_without_output_fp8",
     "check_megatron_version",
     "require",
 ]
@@ -62,6 +64,7 @@ def apply_megatron_fixes() -> None:
             _fix_moe_te_general_gemm()
             _fix_mla_have_te()
         _fix_mla_rope_grad()
+        fix_checkpoint_without_output_fp8()
         _check_dist_checkpointing_deps()
         _APPLIED = True
 
@@ -215,6 +218,36 @@ def _fix_mla_rope_grad() -> None:
 
     mla.gather_from_tensor_model_parallel_region = gather_from_tensor_model_parallel_region
     self_attention.__init__ = __init__
+
+
+# ------------------------------------------------------------------------------------------------
+# Activation recompute without transformer-engine (megatron-core 0.16.1)
+# ------------------------------------------------------------------------------------------------
+
+
+def fix_checkpoint_without_output_fp8() -> bool:
+    """`CheckpointWithoutOutput.__init__` sets `self.fp8 = fp8 is not None`, True for fp8=False, so
+    selective recompute of "layernorm" (and moe_act) enters the FP8 branch and raises NameError
+    FP8GlobalStateManager without transformer-engine. Set `self.fp8 = bool(fp8) and HAVE_TE` after
+    its __init__. Idempotent; returns True when the patch is in place."""
+    from megatron.core.tensor_parallel import random as mrandom
+
+    check_megatron_version()
+    cls = require(mrandom, "CheckpointWithoutOutput")
+    if getattr(cls.__init__, "_r1mega_fp8_fix", False):
+        return True
+    require(cls, "__init__", source_contains=("self.fp8 = fp8 is not None",))
+    original_init = cls.__init__
+
+    @functools.wraps(original_init)
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        fp8 = args[0] if args else kwargs.get("fp8", False)
+        self.fp8 = bool(fp8) and mrandom.HAVE_TE
+
+    __init__._r1mega_fp8_fix = True
+    cls.__init__ = __init__
+    return True
 
 
 # ------------------------------------------------------------------------------------------------

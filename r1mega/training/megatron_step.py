@@ -34,8 +34,9 @@ def wrap_with_ddp(model_chunks: list, parallel_cfg: ParallelConfig, *, bucket_si
     from megatron.core.distributed import finalize_model_grads
 
     ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True,
+        grad_reduce_in_fp32=parallel_cfg.grad_reduce_in_fp32,
         overlap_grad_reduce=parallel_cfg.overlap_grad_reduce,
+        overlap_param_gather=parallel_cfg.overlap_param_gather,
         use_distributed_optimizer=parallel_cfg.use_distributed_optimizer,
         bucket_size=bucket_size,
     )
@@ -52,6 +53,11 @@ def wrap_with_ddp(model_chunks: list, parallel_cfg: ParallelConfig, *, bucket_si
         config.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
         grad_sync = [w.start_grad_sync for w in wrapped]
         config.grad_sync_func = grad_sync[0] if len(grad_sync) == 1 else grad_sync
+    if parallel_cfg.overlap_param_gather:
+        # the updated shards are all-gathered by each chunk's forward pre-hook; megatron-LM hands the
+        # schedule the chunks' start_param_sync so the next chunk's gather starts early
+        param_sync = [w.start_param_sync for w in wrapped]
+        config.param_sync_func = param_sync[0] if len(param_sync) == 1 else param_sync
     return wrapped
 
 

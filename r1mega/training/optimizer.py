@@ -44,6 +44,15 @@ class OptimizerConfig:
     sgd_momentum: float = 0.9
     clip_grad: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
+    cpu_offload: bool = False
+    """Keep (a fraction of) the fp32 main parameters and Adam states in host memory and step them
+    there (megatron's HybridDeviceOptimizer, optimizer_cpu_offload). Needs CUDA, adam and the
+    distributed optimizer; the planner counts the offloaded bytes as host memory."""
+    offload_fraction: float = 1.0
+    """Share of the optimizer state offloaded when cpu_offload is on (megatron's
+    optimizer_offload_fraction)."""
+    overlap_cpu_optimizer_d2h_h2d: bool = False
+    """Overlap the offloaded optimizer's host<->device copies with its CPU step."""
 
     def validate(self) -> None:
         if self.lr <= 0:
@@ -63,6 +72,12 @@ class OptimizerConfig:
             raise ConfigError(f"lr_warmup_steps: must be >= 0, got {self.lr_warmup_steps}")
         if not 0 <= self.lr_warmup_init <= self.lr:
             raise ConfigError(f"lr_warmup_init: must be in [0, lr={self.lr}], got {self.lr_warmup_init}")
+        if not 0 < self.offload_fraction <= 1:
+            raise ConfigError(f"offload_fraction: must be in (0, 1], got {self.offload_fraction}")
+        if self.cpu_offload and self.name != "adam":
+            raise ConfigError("cpu_offload: megatron offloads the adam optimizer only (set name=adam)")
+        if self.overlap_cpu_optimizer_d2h_h2d and not self.cpu_offload:
+            raise ConfigError("overlap_cpu_optimizer_d2h_h2d: only with cpu_offload=true")
         if self.lr_decay_steps is not None and self.lr_decay_steps <= self.lr_warmup_steps:
             raise ConfigError(
                 f"lr_decay_steps: must be > lr_warmup_steps={self.lr_warmup_steps}, got {self.lr_decay_steps}"
@@ -77,6 +92,10 @@ def build_optimizer(cfg: OptimizerConfig, model_chunks: list, parallel_cfg: Para
 
     if parallel_cfg.use_distributed_optimizer and cfg.name != "adam":
         raise ValueError("megatron's distributed optimizer supports adam only")
+    if cfg.cpu_offload and not torch.cuda.is_available():
+        # host memory is the only memory on CPU: offloading would move nothing, and megatron's
+        # HybridDeviceOptimizer assumes CUDA streams for its copies
+        raise ValueError("optimizer.cpu_offload: needs CUDA (there is no device memory to relieve on CPU)")
     tcfg = model_chunks[0].config
     mcfg = MegatronOptimizerConfig(
         optimizer=cfg.name,
@@ -92,5 +111,11 @@ def build_optimizer(cfg: OptimizerConfig, model_chunks: list, parallel_cfg: Para
         bf16=tcfg.params_dtype == torch.bfloat16,
         fp16=tcfg.params_dtype == torch.float16,
         params_dtype=tcfg.params_dtype,
+        optimizer_cpu_offload=cfg.cpu_offload,
+        optimizer_offload_fraction=cfg.offload_fraction if cfg.cpu_offload else 0.0,
+        overlap_cpu_optimizer_d2h_h2d=cfg.overlap_cpu_optimizer_d2h_h2d,
+        # megatron-LM pairs offload with its precision-aware path (HybridDeviceOptimizer keeps
+        # the fp32 main params itself)
+        use_precision_aware_optimizer=cfg.cpu_offload,
     )
     return get_megatron_optimizer(mcfg, model_chunks)

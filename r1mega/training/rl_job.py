@@ -73,6 +73,11 @@ def run_rl(cfg: Config) -> RLJobResult:
 
     cfg.check_sequence_budget()
     ensure_base(cfg)
+    # before any group or tensor exists: refuse a layout the planner predicts will not fit
+    from r1mega.parallel.distributed import launch_env
+    from r1mega.plan.report import check_plan_at_startup
+
+    check_plan_at_startup(cfg, world_size=launch_env().world_size, stage="rl")
     init_distributed(cfg.parallel, seed=cfg.run.seed, model_cfg=cfg.model)
     trainer = None
     try:

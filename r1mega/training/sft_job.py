@@ -65,6 +65,11 @@ def run_supervised(cfg: Config, stage: Stage) -> JobResult:
     from r1mega.training.job_loop import train_with_saves
     from r1mega.training.sft import SupervisedTrainer
 
+    # before any group or tensor exists: refuse a layout the planner predicts will not fit
+    from r1mega.parallel.distributed import launch_env
+    from r1mega.plan.report import check_plan_at_startup
+
+    check_plan_at_startup(cfg, world_size=launch_env().world_size, stage="sft")
     init_distributed(cfg.parallel, seed=cfg.run.seed, model_cfg=cfg.model)
     try:
         tokenizer = load_tokenizer(cfg.data.tokenizer)
