@@ -22,8 +22,10 @@ def make_engine(
 
         return BuiltinEngine.from_config(cfg, model, tokenizer=tokenizer, seed=seed, eos_token_ids=eos_token_ids)
     if cfg.engine == "sglang":
+        # SGLangEngine (r1mega/rollout/sglang_engine.py) exists and is contract-tested, but the RL
+        # trainer does not launch it on its rollout groups yet (docs/rollout.md says what is missing)
         raise ValueError(
-            "rollout.engine: 'sglang' is not available in this version of r1mega (there is no SGLang "
-            "engine yet); use rollout.engine=builtin"
+            "rollout.engine: 'sglang' is not wired into the RL trainer yet (SGLangEngine exists, its "
+            "launch on every rollout group does not); use rollout.engine=builtin"
         )
     raise ValueError(f"rollout.engine: unknown engine {cfg.engine!r}")  # the config's Literal should prevent this

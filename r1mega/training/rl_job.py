@@ -60,6 +60,19 @@ def ensure_base(cfg: Config) -> None:
         raise SystemExit(0)
 
 
+def check_rollout_engine(cfg: Config) -> None:
+    """Refuse, before any work, an engine this machine cannot run (one line: the CLI prints it)."""
+    from r1mega.configlib import ConfigError
+
+    if cfg.rollout.engine == "sglang":
+        from r1mega.rollout.sglang_engine import check_sglang_available
+
+        try:
+            check_sglang_available()
+        except RuntimeError as e:
+            raise ConfigError(str(e)) from None
+
+
 def run_rl(cfg: Config) -> RLJobResult:
     """Run the whole job on this rank (every rank of the launch calls it)."""
     import torch.distributed as dist
@@ -71,6 +84,7 @@ def run_rl(cfg: Config) -> RLJobResult:
     from r1mega.training.job_loop import train_with_saves
     from r1mega.training.rl import RLTrainer
 
+    check_rollout_engine(cfg)
     cfg.check_sequence_budget()
     ensure_base(cfg)
     init_distributed(cfg.parallel, seed=cfg.run.seed, model_cfg=cfg.model)
