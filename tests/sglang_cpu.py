@@ -26,6 +26,8 @@ _MODULES = (
     "sglang.srt.entrypoints.engine",
     "sglang.srt.server_args",
     "sglang.srt.managers.io_struct",
+    "sglang.srt.managers.tokenizer_control_mixin",
+    "sglang.srt.sampling.sampling_params",
     "sglang.srt.weight_sync.tensor_bucket",
     "sglang.srt.utils",
     "sglang.srt.utils.patch_torch",

@@ -40,7 +40,11 @@ def serialize_bucket(named_tensors: NamedTensors) -> bytes:
 
         monkey_patch_torch_reductions()  # the device travels as its UUID, whatever CUDA_VISIBLE_DEVICES says
     if named_tensors:
-        bucket = FlattenedTensorBucket(named_tensors=[(n, t.contiguous()) for n, t in named_tensors])
+        # FlattenedTensorBucket packs bytes without padding and rebuilds with `.view(dtype)`, which
+        # needs each offset to be a multiple of the dtype's size: widest dtypes first guarantees it
+        # (sizes are powers of two). Mixed bf16/fp32 buckets in another order fail to load.
+        ordered = sorted(named_tensors, key=lambda nt: -nt[1].element_size())
+        bucket = FlattenedTensorBucket(named_tensors=[(n, t.contiguous()) for n, t in ordered])
         payload = {"flattened_tensor": bucket.get_flattened_tensor(), "metadata": bucket.get_metadata()}
     else:
         device = "cuda" if torch.cuda.is_available() else "cpu"
