@@ -2,16 +2,16 @@
 
     trainer = RLTrainer(cfg, train_prompts, eval_prompts, tokenizer=tok)
     trainer.build(init_fn)     # policy (any TP/PP/EP/DP layout) + DDP + optimizer; reference model;
-                               # rollout engine and reward pool on rank 0; first weight sync
+                               # one rollout engine per rollout group, reward pool on rank 0; first sync
     trainer.train(on_step_end) # the loop below, one metrics row per step
 
 One step (`train_step`):
-  1. rollout (rank 0, `RolloutCollector` in rl_collect.py): `rl.prompts_per_step` prompts x
-     `algorithm.group_size` samples from the engine, rewards from the reward pool (+ DAPO's overlong
-     penalty); DAPO's dynamic sampling drops groups whose accuracy is the same for every response
-     (all right or all wrong) and samples more prompts to refill them.
-     The trajectories are broadcast to every rank (one engine stands in for the inference server;
-     with SGLang each node runs its own).
+  1. rollout (every rank, `RolloutCollector` in rl_collect.py over the collectives of
+     rl_rollout.py): `rl.prompts_per_step` prompts x `algorithm.group_size` samples, split over
+     the job's engines (one per rollout group of `rollout.tp` ranks), rewards from rank 0's reward
+     pool (+ DAPO's overlong penalty); DAPO's dynamic sampling drops groups whose accuracy is the
+     same for every response (all right or all wrong) and samples more prompts to refill them.
+     Every rank computes the same trajectories and takes its DP share.
   2. old log-probs (only when the batch feeds several optimizer steps) and reference log-probs
      (when a KL term is used): forward-only passes through megatron's schedule, each DP rank on its
      share; KL in the reward is subtracted before advantages.
@@ -126,23 +126,32 @@ class RLTrainer:
         self.scheduler = build_lr_scheduler(self.optimizer, self.cfg.optimizer, total_updates)
         self._plan = export_plan([unwrap_gpt(c) for c in self.model], self.cfg.model)
         self._metrics_src = find_metrics_source(self.is_last_stage, self.dp_rank)
-        if dist.get_rank() == 0:
-            self._start_engine_and_rewards()
+        self._start_engines_and_rewards()
         self.sync_weights()
 
-    def _start_engine_and_rewards(self) -> None:
+    def _start_engines_and_rewards(self) -> None:
+        """One engine per rollout group (on its owner rank), rewards on rank 0, a collector on every
+        rank (rl_rollout.py: generation and scoring are collectives)."""
+        import torch.distributed as dist
+
         from r1mega.convert import hf_config_from_model_config
         from r1mega.rewards.pool import RewardPool
         from r1mega.rollout.engines import make_engine
+        from r1mega.rollout.orchestration import RolloutGroups
+        from r1mega.training.rl_rollout import JobEngine, SharedRewards
 
-        hf_config = hf_config_from_model_config(self.cfg.model)
-        hf_config.eos_token_id = self.tokenizer.eos_token_id
-        hf_config.pad_token_id = self.pad_id
-        self.engine = make_engine(
-            self.cfg.rollout, hf_config, tokenizer=self.tokenizer, seed=self.cfg.run.seed,
-            eos_token_ids=[self.tokenizer.eos_token_id],
-        )
-        self.rewards = RewardPool(self.cfg.rewards).start()
+        groups = RolloutGroups.current(self.cfg.rollout.tp)
+        local = None
+        if groups.is_owner:
+            hf_config = hf_config_from_model_config(self.cfg.model)
+            hf_config.eos_token_id = self.tokenizer.eos_token_id
+            hf_config.pad_token_id = self.pad_id
+            local = make_engine(
+                self.cfg.rollout, hf_config, tokenizer=self.tokenizer, seed=self.cfg.run.seed,
+                eos_token_ids=[self.tokenizer.eos_token_id],
+            )
+        self.engine = JobEngine(local, groups)
+        self.rewards = SharedRewards(RewardPool(self.cfg.rewards).start() if dist.get_rank() == 0 else None)
         self.collector = RolloutCollector(
             self.engine, self.rewards, self.sampler, self.train_prompts, self.algo,
             sampling_params=self.cfg.rollout.sampling_params,
@@ -180,28 +189,8 @@ class RLTrainer:
             model_cfg=self.cfg.model,
             plan=self._plan,
         )
-        if self.engine is not None:
-            self.engine.update_weights(buckets)
-        else:
-            for _ in buckets:  # every rank takes part in the gathers
-                pass
+        self.engine.update_weights(buckets)  # every rank takes part in the gathers; owners load
         return time.perf_counter() - start
-
-    # ----------------------------------------------------------------------------------------------
-    # rollout (rank 0)
-    # ----------------------------------------------------------------------------------------------
-
-    def _rollout(self) -> tuple[list[Trajectory], dict[str, float]]:
-        """Trajectories with rewards (rank 0): `RolloutCollector.collect` for this step."""
-        return self.collector.collect(self.step)
-
-    def _share_rollout(self, trajectories, stats):
-        import torch.distributed as dist
-
-        box = [(trajectories, stats) if dist.get_rank() == 0 else None]
-        if dist.get_world_size() > 1:
-            dist.broadcast_object_list(box, src=0)
-        return box[0]
 
     # ----------------------------------------------------------------------------------------------
     # log-probs, advantages
@@ -399,8 +388,7 @@ class RLTrainer:
         import torch.distributed as dist
 
         start = time.perf_counter()
-        trajectories, stats = self._rollout() if dist.get_rank() == 0 else (None, None)
-        trajectories, stats = self._share_rollout(trajectories, stats)
+        trajectories, stats = self.collector.collect(self.step)  # a collective: the same batch on every rank
         metrics: dict[str, float] = {}
         if trajectories:
             self._prepare(trajectories, stats)
@@ -446,7 +434,7 @@ class RLTrainer:
                 }, ensure_ascii=False) + "\n")
 
     # ----------------------------------------------------------------------------------------------
-    # evaluation (rank 0, on the engine, which holds the current weights)
+    # evaluation (generation on every engine of the job, scoring on rank 0)
     # ----------------------------------------------------------------------------------------------
 
     def evaluate(self, tag: str = "eval") -> dict[str, float]:
@@ -455,31 +443,37 @@ class RLTrainer:
 
         from r1mega.training.eval_accuracy import score_completions
 
+        if not self.eval_prompts:
+            return {}
+        start = time.perf_counter()
+        rank0 = dist.get_rank() == 0
+        prompts = [self.eval_prompts[i] for i in range(min(self.rl.eval_samples, len(self.eval_prompts)))]
+        n = len(prompts)
+        max_new = self.cfg.rollout.max_new_tokens
+        greedy = self.engine.generate(  # collective: every rank, same arguments
+            [p.prompt_token_ids for p in prompts],
+            self.cfg.rollout.sampling_params(temperature=0.0, max_new_tokens=max_new, seed=self.cfg.run.seed),
+        )
         result: Optional[dict] = None
-        if dist.get_rank() == 0 and self.eval_prompts:
-            start = time.perf_counter()
-            prompts = [self.eval_prompts[i] for i in range(min(self.rl.eval_samples, len(self.eval_prompts)))]
-            n = len(prompts)
-            max_new = self.cfg.rollout.max_new_tokens
-            greedy = self.engine.generate(
-                [p.prompt_token_ids for p in prompts], self.cfg.rollout.sampling_params(temperature=0.0, max_new_tokens=max_new)
-            )
+        if rank0:
             path = self.run_dir / "eval" / f"{tag}_step{self.step}.jsonl"
             s = score_completions(prompts, [x.response_token_ids for x in greedy], self.tokenizer, self.cfg.rewards,
                                   samples_path=path)
             result = {f"{tag}/greedy_accuracy": s["correct"] / n, f"{tag}/greedy_format": s["formatted"] / n,
                       f"{tag}/response_length": sum(len(x.response_token_ids) for x in greedy) / n}
-            k = self.rl.eval_pass_k
-            if k > 0:
-                repeated = [p for p in prompts for _ in range(k)]
-                sampled = self.engine.generate(
-                    [p.prompt_token_ids for p in repeated],
-                    self.cfg.rollout.sampling_params(temperature=self.rl.eval_temperature, max_new_tokens=max_new,
-                                                     seed=self.cfg.run.seed + 7919),
-                )
+        k = self.rl.eval_pass_k
+        if k > 0:
+            repeated = [p for p in prompts for _ in range(k)]
+            sampled = self.engine.generate(
+                [p.prompt_token_ids for p in repeated],
+                self.cfg.rollout.sampling_params(temperature=self.rl.eval_temperature, max_new_tokens=max_new,
+                                                 seed=self.cfg.run.seed + 7919),
+            )
+            if rank0:
                 s = score_completions(repeated, [x.response_token_ids for x in sampled], self.tokenizer, self.cfg.rewards)
                 result[f"{tag}/pass@1"] = s["correct"] / len(repeated)
                 result[f"{tag}/format"] = s["formatted"] / len(repeated)
+        if rank0:
             result[f"{tag}/seconds"] = time.perf_counter() - start
         return self._share_from_rank0(result)
 
