@@ -86,6 +86,7 @@ class RLTrainer:
         self.rewards = None
         self.collector: Optional[RolloutCollector] = None
         self._plan = None
+        self.sync_bytes = 0
 
     # ----------------------------------------------------------------------------------------------
     # set-up
@@ -189,7 +190,7 @@ class RLTrainer:
             model_cfg=self.cfg.model,
             plan=self._plan,
         )
-        self.engine.update_weights(buckets)  # every rank takes part in the gathers; owners load
+        self.sync_bytes = self.engine.update_weights(buckets)  # every rank takes part; owners load
         return time.perf_counter() - start
 
     # ----------------------------------------------------------------------------------------------
@@ -409,6 +410,7 @@ class RLTrainer:
             logger.warning("step %d: no informative groups after dynamic sampling; no update", self.step + 1)
             metrics["skipped_update"] = 1.0
         stats["sync_s"] = self.sync_weights()
+        stats["sync_bytes"] = float(self.sync_bytes)
         if self.algo.ref_refresh_every and (self.step + 1) % self.algo.ref_refresh_every == 0:
             self._copy_into_reference(self.model)
             self.ref_refreshed_at = self.step + 1

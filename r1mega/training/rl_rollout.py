@@ -29,13 +29,22 @@ class JobEngine:
     def generate(self, prompts_token_ids: Sequence[Sequence[int]], sampling: SamplingParams) -> list[Sample]:
         return generate_across_engines(self.engine, self.groups, prompts_token_ids, sampling)
 
-    def update_weights(self, named_tensor_buckets) -> None:
-        """Every rank consumes the export (a collective); engine owners load it."""
+    def update_weights(self, named_tensor_buckets) -> int:
+        """Every rank consumes the export (a collective); engine owners load it. Returns the bytes of
+        HF tensors this rank received (the whole model: the sync's size, logged per step)."""
+        counted = [0]
+
+        def counting():
+            for bucket in named_tensor_buckets:
+                counted[0] += sum(t.numel() * t.element_size() for _, t in bucket)
+                yield bucket
+
         if self.engine is not None:
-            self.engine.update_weights(named_tensor_buckets)
+            self.engine.update_weights(counting())
         else:
-            for _ in named_tensor_buckets:
+            for _ in counting():
                 pass
+        return counted[0]
 
 
 class SharedRewards:
