@@ -91,3 +91,42 @@ def payload_case(checkpoint: str, layout: dict, rollout_layouts: list, bucket_by
         return [_one_rollout_layout(chunks, model_cfg, plan, tp, ep, bucket_bytes) for tp, ep in rollout_layouts]
     finally:
         ps.destroy_model_parallel()
+
+
+def _sync_buckets() -> list:
+    """Two buckets of HF-named tensors, the same on every rank (as the export gives them)."""
+    g = torch.Generator().manual_seed(0)
+    experts = [(f"model.layers.0.mlp.experts.{e}.up_proj.weight", torch.randn(3, 4, generator=g)) for e in range(4)]
+    return [
+        [("model.embed_tokens.weight", torch.randn(10, 4, generator=g)), *experts],
+        [("model.norm.weight", torch.randn(4, generator=g).to(torch.bfloat16)), ("lm_head.weight", torch.randn(10, 4, generator=g))],
+    ]
+
+
+def push_case(rollout_layouts: list) -> list[dict]:
+    """push_to_sglang on every rank; the owner's engine is a RecordingEngine (SGLang's request classes)."""
+    import torch.distributed as dist
+
+    from r1mega.rollout.orchestration import RolloutGroups
+    from r1mega.rollout.sglang_engine import SGLangEngine
+    from r1mega.rollout.sglang_payloads import expert_filter
+    from r1mega.rollout.weight_sync import push_to_sglang
+    from tests.sglang_cpu import sglang_modules
+    from tests.sglang_recording import RecordingEngine, request_names
+
+    sgl = sglang_modules()
+    dist.init_process_group("gloo")
+    out = []
+    for tp, ep in rollout_layouts:
+        groups = RolloutGroups.current(tp)
+        recorder = RecordingEngine(sgl, tp=tp) if groups.is_owner else None
+        engine = SGLangEngine(recorder, tp_size=tp) if groups.is_owner else None
+        if engine is not None:
+            engine.release_memory()
+        stats = push_to_sglang(iter(_sync_buckets()), engine, groups, version="5", keep=expert_filter(tp, ep, 4))
+        out.append({
+            "tp": tp, "ep": ep, "rank": dist.get_rank(), "stats": stats, "owner": groups.is_owner,
+            "requests": request_names(recorder.requests) if recorder else None,
+            "loaded": recorder.loaded if recorder else None,
+        })
+    return out

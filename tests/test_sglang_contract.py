@@ -11,7 +11,6 @@ that speaks in SGLang's own request classes, including a failing bucket.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import inspect
 
@@ -23,6 +22,7 @@ from r1mega.rollout.sglang_engine import MEMORY_TAGS, SGLangEngine, SGLangError,
 from r1mega.rollout.sglang_payloads import expert_filter, serialize_bucket
 from r1mega.rollout.types import SamplingParams
 from tests.sglang_cpu import sglang_modules
+from tests.sglang_recording import RecordingEngine, request_names
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,7 @@ def test_engine_methods_take_what_the_adapter_passes(sgl):
         assert "tags" in _params(getattr(engine, name))
     assert {"input_ids", "sampling_params", "return_logprob", "return_routed_experts"} <= set(_params(engine.generate))
     assert callable(engine.shutdown)
+    assert set(_params(engine.flush_cache)) == {"self"}
     mixin = sgl["sglang.srt.managers.io_struct"]
     assert {"new_version", "abort_all_requests"} <= set(mixin.UpdateWeightVersionReqInput.__struct_fields__)
     from sglang.srt.managers.tokenizer_control_mixin import TokenizerControlMixin
@@ -65,7 +66,7 @@ def test_server_args_accept_the_adapter_kwargs(sgl):
 def test_sglang_sampling_params_accept_the_adapter_requests(sgl):
     from sglang.srt.sampling.sampling_params import SamplingParams as SGLangSamplingParams
 
-    recorder = _RecordingEngine(sgl, tp=1)
+    recorder = RecordingEngine(sgl, tp=1)
     adapter = SGLangEngine(recorder, tp_size=1)
     adapter.version = recorder.version = "3"
     adapter.generate([[1, 2], [3]], SamplingParams(max_new_tokens=4, temperature=0.7, seed=5, stop=["x"], first_sample_index=2))
@@ -117,98 +118,24 @@ def test_expert_filter_follows_sglang_ep_layout():
 # -- the adapter's call sequence ------------------------------------------------------------------
 
 
-class _RecordingEngine:
-    """Stands where `sglang.Engine` stands; every call becomes the SGLang request object that
-    sglang.Engine would build from it (SGLang's own classes), and payloads are opened as SGLang's
-    TP ranks open them. `fail_bucket`: that update returns SGLang's failure tuple."""
-
-    def __init__(self, sgl, tp: int, fail_bucket: int | None = None):
-        self.io = sgl["sglang.srt.managers.io_struct"]
-        self.utils = sgl["sglang.srt.utils"]
-        self.bucket_cls = sgl["sglang.srt.weight_sync.tensor_bucket"].FlattenedTensorBucket
-        self.tp = tp
-        self.fail_bucket = fail_bucket
-        self.requests: list = []
-        self.loaded: list[dict[str, torch.Tensor]] = [dict() for _ in range(tp)]
-        self.generate_calls: list[dict] = []
-        self.loop = asyncio.new_event_loop()
-        self.tokenizer_manager = self
-        self.version = "default"
-
-    def release_memory_occupation(self, tags=None):
-        self.requests.append(self.io.ReleaseMemoryOccupationReqInput(tags=tags))
-
-    def resume_memory_occupation(self, tags=None):
-        self.requests.append(self.io.ResumeMemoryOccupationReqInput(tags=tags))
-
-    def begin_weight_update(self, selector="all"):
-        self.requests.append(self.io.BeginWeightUpdateReqInput(selector=selector))
-        return True, "ok"
-
-    def end_weight_update(self):
-        self.requests.append(self.io.EndWeightUpdateReqInput())
-        return True, "ok"
-
-    def update_weights_from_tensor(self, named_tensors, load_format=None, flush_cache=True):
-        req = self.io.UpdateWeightsFromTensorReqInput(
-            serialized_named_tensors=named_tensors, load_format=load_format, flush_cache=flush_cache)
-        self.requests.append(req)
-        index = sum(isinstance(r, self.io.UpdateWeightsFromTensorReqInput) for r in self.requests) - 1
-        if index == self.fail_bucket:
-            return False, "Failed to update weights: shape mismatch for model.layers.0.mlp.up_proj.weight"
-        assert len(req.serialized_named_tensors) == self.tp
-        for rank, payload in enumerate(req.serialized_named_tensors):
-            obj = self.utils.MultiprocessingSerializer.deserialize(payload)
-            if obj["metadata"]:
-                for n, t in self.bucket_cls(flattened_tensor=obj["flattened_tensor"], metadata=obj["metadata"]).reconstruct_tensors():
-                    self.loaded[rank][n] = t.clone()
-        return True, "Succeeded to update model weights."
-
-    async def update_weight_version(self, obj):
-        self.requests.append(obj)
-        self.version = obj.new_version
-
-    def generate(self, input_ids=None, sampling_params=None, return_logprob=False, **_):
-        self.requests.append(self.io.GenerateReqInput(input_ids=input_ids, sampling_params=sampling_params,
-                                                      return_logprob=return_logprob))
-        self.generate_calls.append({"input_ids": input_ids, "sampling_params": sampling_params})
-        return [{"output_ids": [5, 6], "meta_info": {"finish_reason": {"type": "length", "length": 2},
-                                                     "weight_version": self.version,
-                                                     "output_token_logprobs": [(-0.5, 5, None), (-1.25, 6, None)]}}
-                for _ in input_ids]
-
-
-def _names(engine, requests) -> list[str]:
-    out = []
-    for r in requests:
-        kind = type(r).__name__.removesuffix("ReqInput")
-        if kind in ("ReleaseMemoryOccupation", "ResumeMemoryOccupation"):
-            kind += f"{r.tags}"
-        elif kind == "UpdateWeightsFromTensor":
-            kind += f"(flush={r.flush_cache}, {r.load_format})"
-        elif kind == "UpdateWeightVersion":
-            kind += f"({r.new_version})"
-        out.append(kind)
-    return out
-
-
 def test_one_step_call_sequence(sgl):
-    recorder = _RecordingEngine(sgl, tp=2)
+    recorder = RecordingEngine(sgl, tp=2)
     adapter = SGLangEngine(recorder, tp_size=2)
     adapter.release_memory()  # what launch() does right after building the engine
     buckets = [[("x.weight", torch.randn(4, 3))], [("y.bias", torch.randn(5)), ("z", torch.randn(2, dtype=torch.bfloat16))]]
     adapter.update_weights(iter(buckets), version="7")
     samples = adapter.generate([[1, 2, 3]], SamplingParams(max_new_tokens=2, seed=1))
     adapter.release_memory()
-    assert _names(adapter, recorder.requests) == [
+    assert request_names(recorder.requests) == [
         "ReleaseMemoryOccupation['kv_cache', 'weights', 'cuda_graph']",
         "ResumeMemoryOccupation['weights']",
         "BeginWeightUpdate",
         "UpdateWeightsFromTensor(flush=False, flattened_bucket)",
-        "UpdateWeightsFromTensor(flush=True, flattened_bucket)",
+        "UpdateWeightsFromTensor(flush=False, flattened_bucket)",
         "EndWeightUpdate",
         "UpdateWeightVersion(7)",
         "ResumeMemoryOccupation['kv_cache', 'cuda_graph']",
+        "FlushCache",
         "Generate",
         "ReleaseMemoryOccupation['kv_cache', 'weights', 'cuda_graph']",
     ]
@@ -221,20 +148,20 @@ def test_one_step_call_sequence(sgl):
 
 
 def test_a_failing_bucket_closes_the_session_and_raises_sglang_message(sgl):
-    recorder = _RecordingEngine(sgl, tp=1, fail_bucket=1)
+    recorder = RecordingEngine(sgl, tp=1, fail_bucket=1)
     adapter = SGLangEngine(recorder, tp_size=1)
     adapter.release_memory()
     buckets = [[("x.weight", torch.randn(4, 3))], [("y.bias", torch.randn(5))], [("z", torch.randn(2))]]
     with pytest.raises(SGLangError, match=r"shape mismatch for model\.layers\.0\.mlp\.up_proj\.weight.*weight bucket 1"):
         adapter.update_weights(iter(buckets), version="2")
-    names = _names(adapter, recorder.requests)
+    names = request_names(recorder.requests)
     assert names[-3:] == ["UpdateWeightsFromTensor(flush=False, flattened_bucket)",
                           "UpdateWeightsFromTensor(flush=False, flattened_bucket)", "EndWeightUpdate"]
     assert "UpdateWeightVersion(2)" not in names and adapter.version is None
 
 
 def test_a_response_from_other_weights_is_refused(sgl):
-    recorder = _RecordingEngine(sgl, tp=1)
+    recorder = RecordingEngine(sgl, tp=1)
     adapter = SGLangEngine(recorder, tp_size=1)
     adapter.update_weights(iter([[("x", torch.randn(2))]]), version="4")
     recorder.version = "3"  # as if the engine still served the previous step's weights
@@ -282,3 +209,35 @@ def test_payloads_per_sglang_rank_are_the_export_bit_for_bit(sgl, moe_checkpoint
     # expert filtering sends less: compare one non-owner rank's bytes at (4, 1) and (4, 4)
     by = {(r["tp"], r["ep"]): r["sent_bytes"] for r in per_rank[1]}
     assert by[(4, 4)] < by[(4, 1)]
+
+
+@pytest.mark.dist
+def test_job_weight_sync_pushes_each_ranks_payload_in_one_session(sgl):
+    """push_to_sglang on 2 gloo ranks, one engine of SGLang TP 2 (EP 1 and 2): the owner's engine
+    receives both ranks' payloads per bucket inside one session, each TP rank gets exactly its
+    tensors bit for bit, and expert filtering halves what each rank sends for the experts."""
+    from r1mega.parallel.launch import run_distributed
+    from r1mega.rollout.sglang_payloads import expert_filter
+    from tests._sglang_fns import _sync_buckets, push_case
+
+    per_rank = run_distributed(push_case, 2, [(2, 1), (2, 2)], timeout=300)
+    buckets = _sync_buckets()
+    for case in range(2):
+        owner, other = per_rank[0][case], per_rank[1][case]
+        assert owner["owner"] and not other["owner"]
+        assert owner["requests"][1:] == [
+            "ResumeMemoryOccupation['weights']", "BeginWeightUpdate",
+            "UpdateWeightsFromTensor(flush=False, flattened_bucket)",
+            "UpdateWeightsFromTensor(flush=False, flattened_bucket)",
+            "EndWeightUpdate", "UpdateWeightVersion(5)", "ResumeMemoryOccupation['kv_cache', 'cuda_graph']",
+            "FlushCache",
+        ]
+        keep = expert_filter(2, owner["ep"], 4)
+        for tp_rank in range(2):
+            want = {n: t for b in buckets for n, t in b if keep(tp_rank, n)}
+            got = owner["loaded"][tp_rank]
+            assert sorted(got) == sorted(want)
+            assert all(got[n].dtype == t.dtype and torch.equal(got[n], t) for n, t in want.items())
+        assert owner["stats"]["sync_buckets"] == other["stats"]["sync_buckets"] == 2
+    expert_bytes = 4 * 3 * 4 * 4
+    assert per_rank[1][0]["stats"]["sync_bytes"] - per_rank[1][1]["stats"]["sync_bytes"] == expert_bytes // 2

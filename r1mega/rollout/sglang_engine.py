@@ -5,8 +5,9 @@ owner rank at start-up and released at once so Megatron can allocate. One RL ste
 
     push_weights(payload_buckets, version=step)
         resume(["weights"]) -> begin_weight_update() -> per bucket: update_weights_from_tensor(
-        [payload of TP rank 0 .. tp-1], load_format="flattened_bucket", flush_cache=<last>)
+        [payload of TP rank 0 .. tp-1], load_format="flattened_bucket", flush_cache=False)
         -> end_weight_update() -> weight version = step -> resume(["kv_cache", "cuda_graph"])
+        -> flush_cache()
     generate(prompts, sampling)      log softmax(logits / T) of each sampled token (SGLang's default
                                      output log-probs, the project's convention); every response
                                      must carry meta_info["weight_version"] == the pushed version
@@ -102,7 +103,10 @@ def _checked(result, what: str) -> None:
     """SGLang's (success, message) results; None (no result) counts as success."""
     if result is None:
         return
-    success, message = (result[0], result[1]) if isinstance(result, tuple) else (result.success, result.message)
+    if isinstance(result, tuple):
+        success, message = result[0], result[1]
+    else:  # a request-output struct, e.g. FlushCacheReqOutput(success, message)
+        success, message = result.success, getattr(result, "message", "")
     if not success:
         raise SGLangError(f"sglang {what} failed: {message}")
 
@@ -154,20 +158,16 @@ class SGLangEngine:
     def push_weights(self, payload_buckets: Iterable[Sequence[bytes]], version: str) -> int:
         """One weight sync from per-TP-rank payloads (`sglang_payloads`), then the caches; returns buckets.
 
+        Each bucket is loaded as soon as it arrives (no look-ahead, so the producer holds one bucket
+        at a time) with flush_cache=False; the radix cache is flushed once after the caches are back.
         The payload lists (and the tensors behind them) belong to the caller, who drops them and runs
         `torch.cuda.ipc_collect()` after each bucket (`r1mega.rollout.weight_sync` does)."""
         self.resume_memory(["weights"])
         _checked(self.engine.begin_weight_update(), "begin_weight_update")
         count = 0
         try:
-            pending = None
             for payloads in payload_buckets:
-                if pending is not None:
-                    self._load(pending, count, flush=False)
-                    count += 1
-                pending = payloads
-            if pending is not None:  # the last bucket flushes the radix cache once
-                self._load(pending, count, flush=True)
+                self._load(payloads, count)
                 count += 1
         except BaseException:
             with contextlib.suppress(Exception):  # close the session; the first error is the one to see
@@ -176,13 +176,14 @@ class SGLangEngine:
         _checked(self.engine.end_weight_update(), "end_weight_update")
         self._set_version(str(version))
         self.resume_memory(["kv_cache", "cuda_graph"])
+        _checked(self.engine.flush_cache(), "flush_cache")  # KV of the old weights must not be reused
         return count
 
-    def _load(self, payloads: Sequence[bytes], index: int, flush: bool) -> None:
+    def _load(self, payloads: Sequence[bytes], index: int) -> None:
         if len(payloads) != self.tp_size:
             raise ValueError(f"weight bucket {index}: {len(payloads)} payloads for {self.tp_size} SGLang TP ranks")
         result = self.engine.update_weights_from_tensor(
-            named_tensors=list(payloads), load_format="flattened_bucket", flush_cache=flush
+            named_tensors=list(payloads), load_format="flattened_bucket", flush_cache=False
         )
         try:
             _checked(result, "update_weights_from_tensor")
