@@ -44,7 +44,7 @@ def test_bad_values_are_named(override, message):
 
 def test_sglang_is_reported_unavailable():
     cfg = load_config(TINY, ["rollout.engine=sglang"])
-    with pytest.raises(ValueError, match=r"rollout\.engine: 'sglang' is not wired into the RL trainer yet"):
+    with pytest.raises(ValueError, match=r"rollout\.engine: 'sglang' engines are started by the RL trainer"):
         make_engine(cfg.rollout, tiny_config())
 
 

@@ -70,8 +70,11 @@ def test_sglang_sampling_params_accept_the_adapter_requests(sgl):
     adapter = SGLangEngine(recorder, tp_size=1)
     adapter.version = recorder.version = "3"
     adapter.generate([[1, 2], [3]], SamplingParams(max_new_tokens=4, temperature=0.7, seed=5, stop=["x"], first_sample_index=2))
-    for p in recorder.generate_calls[0]["sampling_params"]:
-        SGLangSamplingParams(**p)  # raises TypeError on a key SGLang does not know
+    adapter.generate([[1]], SamplingParams(max_new_tokens=4, temperature=0.5, top_k=0, seed=5))
+    for call in recorder.generate_calls:
+        for p in call["sampling_params"]:
+            # TypeError on a key SGLang does not know, ValueError on a value it refuses
+            SGLangSamplingParams(**p).verify(vocab_size=300)
     seeds = [p["sampling_seed"] for p in recorder.generate_calls[0]["sampling_params"]]
     assert len(set(seeds)) == 2
 

@@ -22,10 +22,10 @@ def make_engine(
 
         return BuiltinEngine.from_config(cfg, model, tokenizer=tokenizer, seed=seed, eos_token_ids=eos_token_ids)
     if cfg.engine == "sglang":
-        # SGLangEngine (r1mega/rollout/sglang_engine.py) exists and is contract-tested, but the RL
-        # trainer does not launch it on its rollout groups yet (docs/rollout.md says what is missing)
+        # An SGLang engine starts from an HF directory and spans rollout.tp ranks: the trainer builds
+        # it with SGLangEngine.launch on each rollout group's owner (r1mega/training/rl_rollout.py)
         raise ValueError(
-            "rollout.engine: 'sglang' is not wired into the RL trainer yet (SGLangEngine exists, its "
-            "launch on every rollout group does not); use rollout.engine=builtin"
+            "rollout.engine: 'sglang' engines are started by the RL trainer on every rollout group "
+            "(SGLangEngine.launch), not by make_engine; use rollout.engine=builtin here"
         )
     raise ValueError(f"rollout.engine: unknown engine {cfg.engine!r}")  # the config's Literal should prevent this

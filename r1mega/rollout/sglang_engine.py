@@ -224,7 +224,7 @@ class SGLangEngine:
             raise RuntimeError("generate: no weights were pushed to the SGLang engine yet")
         params = []
         for i in range(len(prompts_token_ids)):
-            p = {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
+            p = {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k if sampling.top_k > 0 else -1,  # SGLang: -1 disables, 0 is refused
                  "max_new_tokens": sampling.max_new_tokens, "stop": list(sampling.stop) or None,
                  "stop_token_ids": list(sampling.stop_token_ids) or None, "no_stop_trim": True}
             if sampling.seed is not None:

@@ -86,7 +86,6 @@ class RLTrainer:
         self.rewards = None
         self.collector: Optional[RolloutCollector] = None
         self._plan = None
-        self.sync_bytes = 0
 
     # ----------------------------------------------------------------------------------------------
     # set-up
@@ -115,6 +114,7 @@ class RLTrainer:
         self.is_last_stage = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
         dtype = torch.bfloat16 if self.rl.params_dtype == "bfloat16" else torch.float32
         overrides = trainer_config_overrides(self.cfg)
+        self._start_engines_and_rewards()  # before megatron allocates (SGLang starts, then releases)
         chunks = build_model(self.cfg.model, self.cfg.parallel, params_dtype=dtype, config_overrides=overrides)
         if init_fn is not None:
             init_fn(chunks)
@@ -127,8 +127,7 @@ class RLTrainer:
         self.scheduler = build_lr_scheduler(self.optimizer, self.cfg.optimizer, total_updates)
         self._plan = export_plan([unwrap_gpt(c) for c in self.model], self.cfg.model)
         self._metrics_src = find_metrics_source(self.is_last_stage, self.dp_rank)
-        self._start_engines_and_rewards()
-        self.sync_weights()
+        self.sync_weights(version=self.step)
 
     def _start_engines_and_rewards(self) -> None:
         """One engine per rollout group (on its owner rank), rewards on rank 0, a collector on every
@@ -137,21 +136,12 @@ class RLTrainer:
 
         from r1mega.convert import hf_config_from_model_config
         from r1mega.rewards.pool import RewardPool
-        from r1mega.rollout.engines import make_engine
-        from r1mega.rollout.orchestration import RolloutGroups
         from r1mega.training.rl_rollout import JobEngine, SharedRewards
 
-        groups = RolloutGroups.current(self.cfg.rollout.tp)
-        local = None
-        if groups.is_owner:
-            hf_config = hf_config_from_model_config(self.cfg.model)
-            hf_config.eos_token_id = self.tokenizer.eos_token_id
-            hf_config.pad_token_id = self.pad_id
-            local = make_engine(
-                self.cfg.rollout, hf_config, tokenizer=self.tokenizer, seed=self.cfg.run.seed,
-                eos_token_ids=[self.tokenizer.eos_token_id],
-            )
-        self.engine = JobEngine(local, groups)
+        hf_config = hf_config_from_model_config(self.cfg.model)
+        hf_config.eos_token_id = self.tokenizer.eos_token_id
+        hf_config.pad_token_id = self.pad_id
+        self.engine = JobEngine.start(self.cfg, self.tokenizer, hf_config, self.run_dir / "rollout_model")
         self.rewards = SharedRewards(RewardPool(self.cfg.rewards).start() if dist.get_rank() == 0 else None)
         self.collector = RolloutCollector(
             self.engine, self.rewards, self.sampler, self.train_prompts, self.algo,
@@ -179,19 +169,18 @@ class RLTrainer:
     # weight sync
     # ----------------------------------------------------------------------------------------------
 
-    def sync_weights(self) -> float:
-        """Stream the policy's weights into the engine (a collective); returns seconds taken."""
+    def sync_weights(self, version: int) -> dict[str, float]:
+        """Stream the policy's weights into every engine (a collective); sync_s, sync_bytes, ...
+        `version`: optimizer steps the weights have seen (SGLang checks it on every response)."""
         from r1mega.convert.export import export_hf_tensors
 
         start = time.perf_counter()
+        mb = self.cfg.rollout.bucket_mb if self.cfg.rollout.engine == "sglang" else self.rl.weight_sync_bucket_mb
         buckets = export_hf_tensors(
-            [unwrap_gpt(c) for c in self.model],
-            int(self.rl.weight_sync_bucket_mb * 2**20),
-            model_cfg=self.cfg.model,
-            plan=self._plan,
+            [unwrap_gpt(c) for c in self.model], int(mb * 2**20), model_cfg=self.cfg.model, plan=self._plan,
         )
-        self.sync_bytes = self.engine.update_weights(buckets)  # every rank takes part; owners load
-        return time.perf_counter() - start
+        stats = self.engine.sync(buckets, version=version)  # every rank takes part; owners load
+        return {"sync_s": time.perf_counter() - start, **stats}
 
     # ----------------------------------------------------------------------------------------------
     # log-probs, advantages
@@ -390,6 +379,7 @@ class RLTrainer:
 
         start = time.perf_counter()
         trajectories, stats = self.collector.collect(self.step)  # a collective: the same batch on every rank
+        self.engine.after_rollout()  # SGLang gives its GPU memory back before training
         metrics: dict[str, float] = {}
         if trajectories:
             self._prepare(trajectories, stats)
@@ -409,8 +399,7 @@ class RLTrainer:
         else:
             logger.warning("step %d: no informative groups after dynamic sampling; no update", self.step + 1)
             metrics["skipped_update"] = 1.0
-        stats["sync_s"] = self.sync_weights()
-        stats["sync_bytes"] = float(self.sync_bytes)
+        stats.update(self.sync_weights(version=self.step + 1))
         if self.algo.ref_refresh_every and (self.step + 1) % self.algo.ref_refresh_every == 0:
             self._copy_into_reference(self.model)
             self.ref_refreshed_at = self.step + 1

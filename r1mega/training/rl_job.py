@@ -157,7 +157,7 @@ def _resume(cfg: Config, trainer, path: Path, root: Path) -> None:
             ckpt.load_model_weights(cfg.checkpoint.init_from, trainer.ref_model, model_config=cfg.model)
         else:
             raise ValueError(f"{path}: resuming with a reference model needs checkpoint.init_from (its weights)")
-    trainer.sync_weights()
+    trainer.sync_weights(version=trainer.step)
     _say(f"resumed from {path} at step {loaded.step}")
 
 

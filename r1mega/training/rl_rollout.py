@@ -21,17 +21,57 @@ __all__ = ["JobEngine", "SharedRewards"]
 class JobEngine:
     """All rollout engines of the job behind one `generate` (a collective)."""
 
-    def __init__(self, engine, groups: RolloutGroups):
-        """`engine`: this rank's engine when it owns one, else None."""
+    def __init__(self, engine, groups: RolloutGroups, *, sglang_keep=None):
+        """`engine`: this rank's engine when it owns one, else None. `sglang_keep`: the expert filter
+        of SGLang engines (`sglang_payloads.expert_filter`); None for built-in engines."""
         self.engine = engine
         self.groups = groups
+        self.sglang_keep = sglang_keep
+
+    @classmethod
+    def start(cls, cfg, tokenizer, hf_config, model_dir) -> "JobEngine":
+        """One engine per rollout group, on its owner rank (a collective). SGLang engines start from
+        `model_dir/engine<e>` (HF config + tokenizer, weights pushed later) and are released at once."""
+        from r1mega.rollout.engines import make_engine
+
+        groups = RolloutGroups.current(cfg.rollout.tp)
+        if cfg.rollout.engine == "sglang":
+            import torch
+
+            from r1mega.rollout.sglang_engine import SGLangEngine
+            from r1mega.rollout.sglang_payloads import expert_filter
+
+            local = None
+            if groups.is_owner:
+                directory = model_dir / f"engine{groups.engine}"
+                hf_config.save_pretrained(str(directory))
+                tokenizer.save_pretrained(str(directory))
+                local = SGLangEngine.launch(
+                    cfg.rollout, model_path=str(directory), base_gpu_id=torch.cuda.current_device(),
+                    seed=cfg.run.seed + groups.engine,
+                    dtype="bfloat16" if cfg.rl.params_dtype == "bfloat16" else "float32",
+                )
+            keep = expert_filter(cfg.rollout.tp, cfg.rollout.ep, cfg.model.num_experts)
+            return cls(local, groups, sglang_keep=keep)
+        local = None
+        if groups.is_owner:
+            local = make_engine(cfg.rollout, hf_config, tokenizer=tokenizer, seed=cfg.run.seed,
+                                eos_token_ids=[tokenizer.eos_token_id])
+        return cls(local, groups)
 
     def generate(self, prompts_token_ids: Sequence[Sequence[int]], sampling: SamplingParams) -> list[Sample]:
         return generate_across_engines(self.engine, self.groups, prompts_token_ids, sampling)
 
-    def update_weights(self, named_tensor_buckets) -> int:
-        """Every rank consumes the export (a collective); engine owners load it. Returns the bytes of
-        HF tensors this rank received (the whole model: the sync's size, logged per step)."""
+    def sync(self, named_tensor_buckets, version: int) -> dict[str, float]:
+        """Every rank consumes the export (a collective); engines load it. Returns sync_bytes (HF
+        bytes this rank handled) and, for SGLang, sync_buckets."""
+        if self.sglang_keep is not None:
+            from r1mega.rollout.weight_sync import push_to_sglang
+
+            stats = push_to_sglang(named_tensor_buckets, self.engine, self.groups, version=str(version),
+                                   keep=self.sglang_keep)
+            stats.pop("sync_s")  # the trainer times the whole sync, export included
+            return stats
         counted = [0]
 
         def counting():
@@ -44,7 +84,12 @@ class JobEngine:
         else:
             for _ in counting():
                 pass
-        return counted[0]
+        return {"sync_bytes": float(counted[0])}
+
+    def after_rollout(self) -> None:
+        """Hand the GPU back to training: SGLang engines release weights, KV cache and CUDA graphs."""
+        if self.sglang_keep is not None and self.engine is not None:
+            self.engine.release_memory()
 
 
 class SharedRewards:
