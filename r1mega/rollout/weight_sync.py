@@ -14,7 +14,7 @@ and dropped after its call, then `torch.cuda.ipc_collect()` releases the IPC ref
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable
 
 import torch
 

@@ -36,7 +36,18 @@ class JobEngine:
 
         groups = RolloutGroups.current(cfg.rollout.tp)
         if cfg.rollout.engine == "sglang":
+            import os
+
             import torch
+
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", groups.world_size))
+            if local_world % cfg.rollout.tp:
+                # an engine's GPUs are base_gpu_id .. base_gpu_id + tp - 1 of one node; engines that
+                # span nodes (SGLang nnodes > 1) are not supported yet
+                raise ValueError(
+                    f"rollout.tp: {cfg.rollout.tp} must divide the {local_world} GPUs of a node "
+                    "(one SGLang engine per group of GPUs on one node)"
+                )
 
             from r1mega.rollout.sglang_engine import SGLangEngine
             from r1mega.rollout.sglang_payloads import expert_filter
