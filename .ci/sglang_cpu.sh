@@ -14,6 +14,7 @@
 # transformers' image utilities for the whole suite. tests/sglang_cpu.py explains how the two
 # SGLang modules that import it at module level are handled.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 python -m pip install -q --no-deps \
     sglang==0.5.23 \
     aiohappyeyeballs==2.7.1 aiohttp==3.14.5 aiosignal==1.4.0 apache-tvm-ffi==0.1.15.post2 attrs==26.1.0 \
