@@ -44,8 +44,39 @@ def test_bad_values_are_named(override, message):
 
 def test_sglang_is_reported_unavailable():
     cfg = load_config(TINY, ["rollout.engine=sglang"])
-    with pytest.raises(ValueError, match=r"rollout\.engine: 'sglang' is not available"):
+    with pytest.raises(ValueError, match=r"rollout\.engine: 'sglang' engines are started by the RL trainer"):
         make_engine(cfg.rollout, tiny_config())
+
+
+def test_train_with_sglang_on_cpu_stops_at_start_up_with_one_line(capsys, tmp_path, monkeypatch):
+    """No CUDA here: `r1mega train` refuses before any work (no run directory, no base training)."""
+    import torch
+
+    from r1mega.cli import main
+    from r1mega.training import rl_job
+
+    assert not torch.cuda.is_available()
+    monkeypatch.setattr(rl_job, "ensure_base", lambda cfg: pytest.fail("work started"))
+    code = main(["train", TINY, "rollout.engine=sglang", f"run.output_dir={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "rollout.engine=sglang needs CUDA GPUs and none is visible" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("rollout.tp=0", r"rollout\.tp: must be >= 1"),
+        ("rollout.ep=3", r"rollout\.ep: 3 must divide tp=1"),
+        ("rollout.mem_fraction=1.5", r"rollout\.mem_fraction: must be in \(0, 1\)"),
+        ("rollout.bucket_mb=0", r"rollout\.bucket_mb: must be > 0"),
+        ("rollout.routing_replay=true", r"rollout\.routing_replay: MoE routing replay is not implemented yet"),
+    ],
+)
+def test_sglang_layout_values_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TINY, [override])
 
 
 def test_builtin_engine_from_config():

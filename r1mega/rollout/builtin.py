@@ -196,7 +196,7 @@ class BuiltinEngine:
         base_seed = sampling.seed
         if base_seed is None:
             base_seed = int(torch.randint(0, 2**62, (), generator=self._generator))
-        generators = sample_generators(base_seed, len(prompts))
+        generators = sample_generators(base_seed, len(prompts), sampling.first_sample_index)
         samples: list[Optional[Sample]] = [None] * len(prompts)
         for rows in self._micro_batches([len(p) for p in prompts]):
             outputs = self._generate_batch(

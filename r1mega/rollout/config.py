@@ -39,6 +39,16 @@ class RolloutConfig:
     """transformers attention kernel of the built-in engine."""
     experts_implementation: Optional[Literal["eager", "grouped_mm", "batched_mm"]] = None
     """transformers MoE expert kernel of the built-in engine; None = transformers' default."""
+    tp: int = 1
+    """Ranks (GPUs) per rollout engine, its SGLang TP size; independent of the training layout."""
+    ep: int = 1
+    """SGLang expert parallelism inside an engine (divides tp); expert weights go only where loaded."""
+    mem_fraction: float = 0.5
+    """SGLang mem_fraction_static: share of each GPU's memory for engine weights + KV cache."""
+    bucket_mb: float = 512.0
+    """Weight sync bucket size (MiB of HF tensors per update_weights_from_tensor call)."""
+    routing_replay: bool = False
+    """MoE routing replay (R3): ask the engine for its routed experts (not implemented yet: refused)."""
 
     def validate(self) -> None:
         if not self.temperature >= 0:
@@ -55,6 +65,17 @@ class RolloutConfig:
                 f"max_tokens_per_forward: {self.max_tokens_per_forward} is below max_batch_size="
                 f"{self.max_batch_size}; one decode step of a full batch would not fit"
             )
+        for name in ("tp", "ep"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.tp % self.ep:
+            raise ConfigError(f"ep: {self.ep} must divide tp={self.tp}")
+        if not 0.0 < self.mem_fraction < 1.0:
+            raise ConfigError(f"mem_fraction: must be in (0, 1), got {self.mem_fraction}")
+        if not self.bucket_mb > 0:
+            raise ConfigError(f"bucket_mb: must be > 0, got {self.bucket_mb}")
+        if self.routing_replay:
+            raise ConfigError("routing_replay: MoE routing replay is not implemented yet; set it to false")
         for i, s in enumerate(self.stop):
             if not s:
                 raise ConfigError(f"stop[{i}]: must be a non-empty string")

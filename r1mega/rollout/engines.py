@@ -22,8 +22,10 @@ def make_engine(
 
         return BuiltinEngine.from_config(cfg, model, tokenizer=tokenizer, seed=seed, eos_token_ids=eos_token_ids)
     if cfg.engine == "sglang":
+        # An SGLang engine starts from an HF directory and spans rollout.tp ranks: the trainer builds
+        # it with SGLangEngine.launch on each rollout group's owner (r1mega/training/rl_rollout.py)
         raise ValueError(
-            "rollout.engine: 'sglang' is not available in this version of r1mega (there is no SGLang "
-            "engine yet); use rollout.engine=builtin"
+            "rollout.engine: 'sglang' engines are started by the RL trainer on every rollout group "
+            "(SGLangEngine.launch), not by make_engine; use rollout.engine=builtin here"
         )
     raise ValueError(f"rollout.engine: unknown engine {cfg.engine!r}")  # the config's Literal should prevent this

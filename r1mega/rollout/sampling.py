@@ -26,9 +26,10 @@ def sample_seed(base_seed: int, index: int) -> int:
     return int(state[0]) >> 1
 
 
-def sample_generators(base_seed: int, count: int) -> list[torch.Generator]:
-    """One CPU generator per sample: uniforms are drawn on the CPU, so results match across devices."""
-    return [torch.Generator().manual_seed(sample_seed(base_seed, i)) for i in range(count)]
+def sample_generators(base_seed: int, count: int, first: int = 0) -> list[torch.Generator]:
+    """One CPU generator per sample (indices first .. first + count - 1): uniforms are drawn on the
+    CPU, so results match across devices."""
+    return [torch.Generator().manual_seed(sample_seed(base_seed, first + i)) for i in range(count)]
 
 
 def draw_uniforms(generators: Sequence[torch.Generator], device: torch.device) -> torch.Tensor:

@@ -35,6 +35,9 @@ class SamplingParams:
     """Token ids that end generation (added to the engine's EOS ids); the id is kept in the response."""
     seed: Optional[int] = None
     """Seed for this request's sampling; None draws from the engine's generator."""
+    first_sample_index: int = 0
+    """Index of this request's first sample in the whole step: sample i of the request is seeded by
+    (seed, first_sample_index + i), so a step split over several engines samples what one would."""
 
     def validate(self) -> None:
         """Raise ValueError naming the field when a request is impossible (engines call this first)."""
@@ -44,6 +47,8 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.temperature: must be >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"SamplingParams.top_p: must be in (0, 1], got {self.top_p}")
+        if self.first_sample_index < 0:
+            raise ValueError(f"SamplingParams.first_sample_index: must be >= 0, got {self.first_sample_index}")
         if self.top_k < -1:
             raise ValueError(f"SamplingParams.top_k: must be -1, 0 (both disable it) or positive, got {self.top_k}")
         for i, s in enumerate(self.stop):

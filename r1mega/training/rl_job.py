@@ -60,6 +60,19 @@ def ensure_base(cfg: Config) -> None:
         raise SystemExit(0)
 
 
+def check_rollout_engine(cfg: Config) -> None:
+    """Refuse, before any work, an engine this machine cannot run (one line: the CLI prints it)."""
+    from r1mega.configlib import ConfigError
+
+    if cfg.rollout.engine == "sglang":
+        from r1mega.rollout.sglang_engine import check_sglang_available
+
+        try:
+            check_sglang_available()
+        except RuntimeError as e:
+            raise ConfigError(str(e)) from None
+
+
 def run_rl(cfg: Config) -> RLJobResult:
     """Run the whole job on this rank (every rank of the launch calls it)."""
     import torch.distributed as dist
@@ -71,6 +84,7 @@ def run_rl(cfg: Config) -> RLJobResult:
     from r1mega.training.job_loop import train_with_saves
     from r1mega.training.rl import RLTrainer
 
+    check_rollout_engine(cfg)
     cfg.check_sequence_budget()
     ensure_base(cfg)
     # before any group or tensor exists: refuse a layout the planner predicts will not fit
@@ -148,7 +162,7 @@ def _resume(cfg: Config, trainer, path: Path, root: Path) -> None:
             ckpt.load_model_weights(cfg.checkpoint.init_from, trainer.ref_model, model_config=cfg.model)
         else:
             raise ValueError(f"{path}: resuming with a reference model needs checkpoint.init_from (its weights)")
-    trainer.sync_weights()
+    trainer.sync_weights(version=trainer.step)
     _say(f"resumed from {path} at step {loaded.step}")
 
 

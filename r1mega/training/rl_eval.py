@@ -1,0 +1,55 @@
+"""Evaluation of the RL policy on held-out prompts: generation on every engine of the job (a
+collective), scoring on rank 0, the result on every rank."""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+__all__ = ["evaluate"]
+
+
+def evaluate(engine, eval_prompts, cfg, tokenizer, run_dir, step: int, tag: str = "eval") -> dict[str, float]:
+    """Greedy accuracy / format and pass@1 over `rl.eval_pass_k` samples on held-out prompts."""
+    import torch.distributed as dist
+
+    from r1mega.training.eval_accuracy import score_completions
+
+    rl = cfg.rl
+    if not eval_prompts:
+        return {}
+    start = time.perf_counter()
+    rank0 = dist.get_rank() == 0
+    prompts = [eval_prompts[i] for i in range(min(rl.eval_samples, len(eval_prompts)))]
+    n = len(prompts)
+    max_new = cfg.rollout.max_new_tokens
+    greedy = engine.generate(  # collective: every rank, same arguments
+        [p.prompt_token_ids for p in prompts],
+        cfg.rollout.sampling_params(temperature=0.0, max_new_tokens=max_new, seed=cfg.run.seed),
+    )
+    result: Optional[dict] = None
+    if rank0:
+        path = run_dir / "eval" / f"{tag}_step{step}.jsonl"
+        s = score_completions(prompts, [x.response_token_ids for x in greedy], tokenizer, cfg.rewards,
+                              samples_path=path)
+        result = {f"{tag}/greedy_accuracy": s["correct"] / n, f"{tag}/greedy_format": s["formatted"] / n,
+                  f"{tag}/response_length": sum(len(x.response_token_ids) for x in greedy) / n}
+    k = rl.eval_pass_k
+    if k > 0:
+        repeated = [p for p in prompts for _ in range(k)]
+        sampled = engine.generate(
+            [p.prompt_token_ids for p in repeated],
+            cfg.rollout.sampling_params(temperature=rl.eval_temperature, max_new_tokens=max_new,
+                                        seed=cfg.run.seed + 7919),
+        )
+        if rank0:
+            s = score_completions(repeated, [x.response_token_ids for x in sampled], tokenizer, cfg.rewards)
+            result[f"{tag}/pass@1"] = s["correct"] / len(repeated)
+            result[f"{tag}/format"] = s["formatted"] / len(repeated)
+    if rank0:
+        result[f"{tag}/seconds"] = time.perf_counter() - start
+    if dist.get_world_size() == 1:
+        return result or {}
+    box = [result]
+    dist.broadcast_object_list(box, src=0)
+    return box[0] or {}
