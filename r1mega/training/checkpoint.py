@@ -70,6 +70,7 @@ __all__ = [
     "INFO_FILE",
     "CheckpointIOStats",
     "last_io_stats",
+    "metered_io",
 ]
 
 logger = logging.getLogger(__name__)
@@ -114,8 +115,12 @@ class CheckpointIOStats:
 
     def line(self) -> str:
         extra = "n/a" if self.peak_extra_bytes is None else f"{self.peak_extra_bytes / 2**30:.2f} GiB"
-        return (f"{self.kind} {self.path}: {self.seconds:.1f}s, peak extra host memory {extra} "
+        return (f"{self.kind} {self.path} in {self.seconds:.1f}s, peak extra host memory {extra} "
                 f"(rank state {self.state_bytes / 2**30:.2f} GiB)")
+
+    def record(self) -> dict:
+        return {"kind": self.kind, "path": self.path, "seconds": round(self.seconds, 3),
+                "peak_extra_bytes": self.peak_extra_bytes, "state_bytes": self.state_bytes}
 
 
 _last_io: Optional[CheckpointIOStats] = None
@@ -127,8 +132,9 @@ def last_io_stats() -> Optional[CheckpointIOStats]:
 
 
 @contextlib.contextmanager
-def _metered(kind: str, path: Path, model_chunks: list, optimizer):
-    """Measure the body on every rank, then agree on the max over ranks (a collective)."""
+def metered_io(kind: str, path, model_chunks: list, optimizer=None):
+    """Measure the body on every rank, then agree on the max over ranks (a collective); the result
+    is `last_io_stats()`. Saves and loads use it; the HF export too."""
     global _last_io
     from r1mega.training.checkpoint_memory import training_state_bytes
     from r1mega.training.host_memory import HostMemoryMeter
@@ -474,7 +480,7 @@ def save_checkpoint(
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     _barrier()
-    with _metered("saved", final, model_chunks, optimizer):
+    with metered_io("saved", final, model_chunks, optimizer):
         try:
             model_sd = _model_sharded_state_dict(model_chunks)
             state: dict[str, Any] = {"model": model_sd, "step": step, "extra_state": extra_state, "rng_state": _rng_sharded_object(_rng_state())}
@@ -624,7 +630,7 @@ def load_checkpoint(
     same_layout = info.get("layout") == _layout()
     restore_rng = load_rng and same_layout
 
-    with _metered("loaded", path, model_chunks, optimizer):
+    with metered_io("loaded", path, model_chunks, optimizer):
         model_sd = _model_sharded_state_dict(model_chunks)
         request: dict[str, Any] = {"model": model_sd}
         if want_optimizer:
