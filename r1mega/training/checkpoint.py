@@ -641,7 +641,9 @@ def load_checkpoint(
         from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
         from r1mega.convert.mcore_checkpoint import unpickling_reason, weights_only_loads
+        from r1mega.training.checkpoint_memory import merges_in_place
 
+        merges_in_place(request)  # gated-MLP halves read in place stay there
         try:
             with weights_only_loads():  # every torch.load inside, DCP's object reads included
                 loaded = dist_checkpointing.load(request, str(path))

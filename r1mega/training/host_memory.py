@@ -9,6 +9,8 @@ the kernel's high-water mark, VmHWM, reset at the start through /proc/self/clear
 when that file is not writable) plus the private memory (pages they own alone, so shared
 copy-on-write pages of a forked parent are not counted twice) of every child process alive during
 the work (megatron's checkpoint writers are forked children), sampled every `interval` seconds.
+Free heap pages are returned to the kernel first (malloc_trim), so that the work cannot hide
+its allocations in memory freed earlier but still resident.
 The two peaks are added, an upper bound when they do not coincide. The page cache is not counted:
 the kernel reclaims it. Linux only; elsewhere the meter reports None.
 """
@@ -76,6 +78,18 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _trim_heap() -> None:
+    """Hand the C heap's free pages back to the kernel (glibc's malloc_trim), so that memory
+    freed before the measured work and reused by it shows up as growth instead of hiding in
+    pages that were already resident."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _reset_peak() -> bool:
     """Reset this process's VmHWM to its current RSS ("5" in clear_refs); False if not allowed."""
     try:
@@ -140,6 +154,7 @@ class HostMemoryMeter:
             self._sample()
 
     def __enter__(self) -> "HostMemoryMeter":
+        _trim_heap()
         self._base = rss_bytes() or 0
         self._peak_rss = self._base
         self._exact = _reset_peak() and _status_kib("VmHWM") is not None
