@@ -27,6 +27,10 @@ Bad inputs fail before any collective, on every rank alike, with a CheckpointErr
 checkpoint: missing or truncated shard files (checked against the torch_dist metadata), a model
 config that differs from the checkpoint's, a checkpoint without the optimizer state asked for.
 
+Memory: no copy of the training state is made to save or load it (r1mega.training.checkpoint_memory);
+each save/load measures its peak extra host memory and duration (`last_io_stats()`), which stay
+under `checkpoint_memory.save_transient_bytes(state)`.
+
 Preemption: `PreemptionWatcher` turns SIGTERM/SIGUSR1 into a flag; the trainer asks
 `should_stop()` (all ranks agree through an all-reduce) at each step boundary, saves and exits 0.
 """
@@ -480,6 +484,8 @@ def save_checkpoint(
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     _barrier()
+    if optimizer is not None:
+        _ensure_adam_state(optimizer)  # (before the first step) the state a step would create
     with metered_io("saved", final, model_chunks, optimizer):
         try:
             model_sd = _model_sharded_state_dict(model_chunks)
@@ -630,6 +636,8 @@ def load_checkpoint(
     same_layout = info.get("layout") == _layout()
     restore_rng = load_rng and same_layout
 
+    if want_optimizer:
+        _ensure_adam_state(optimizer)  # the state a step would create: not counted as the load's
     with metered_io("loaded", path, model_chunks, optimizer):
         model_sd = _model_sharded_state_dict(model_chunks)
         request: dict[str, Any] = {"model": model_sd}

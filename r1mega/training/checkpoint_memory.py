@@ -1,25 +1,24 @@
-"""How much host memory a checkpoint save or load may add to a rank, and the pieces that keep it there.
+"""How much host memory a checkpoint save or load may add to a rank, and what keeps it there.
 
-Measured cause (megatron-core 0.16.1, torch_dist format, distributed optimizer, fully_reshardable),
-for a save: (1) `DistributedOptimizer.get_parameter_state_dp_zero` copies the main parameters and
-both Adam moments of the whole gradient buffer into new flat "world" tensors (even at DP=1),
-3 x 4 bytes per parameter; (2) the torch_dist writer (`FileSystemWriterAsync.prepare_write_data`)
-clones every CPU tensor that is a view of a larger storage, because torch.save would write the whole
-storage: the slices of (1), the parameters (views of DDP's parameter buffer) and the halves of the
-gated MLP's fc1 weight: another full copy. For a load, (1) again: world tensors for the whole
-buffer, filled from disk, then copied into the optimizer.
+Measured cause (megatron-core 0.16.1, torch_dist format, distributed optimizer, fully_reshardable):
+(1) `DistributedOptimizer.get_parameter_state_dp_zero` copies the main parameters and both Adam
+moments of the whole gradient buffer into new flat "world" tensors on every rank (even at DP=1),
+to save and to load; (2) the torch_dist writer (`FileSystemWriterAsync.prepare_write_data`) clones
+every CPU tensor that is a view of a larger storage (torch.save would write the whole storage):
+the slices of (1), the parameters (views of DDP's parameter buffer), the gated-MLP fc1 halves;
+(3) its results queue comes from a spawn-context Manager process; (4) a load concatenates the fc1
+halves into new tensors. Before: a save added 2.4-2.8x the rank's state (docs/checkpoints.md).
 
-What is done instead, with the format on disk unchanged (same keys, shapes, dtypes, replica owners):
-- `fully_reshardable_without_copies`: the per-parameter optimizer tensors are views of the
+Instead, with the files on disk unchanged (same keys, shapes, dtypes, one main replica per shard):
+- `fully_reshardable_without_copies`: per-parameter optimizer tensors are views of the
   optimizer's own state; a parameter split between DP ranks is assembled on its first owner
   (point-to-point, only those parameters); a load reads straight into the optimizer's state.
-- `writes_without_clones`: the writer gets each contiguous view as a tensor whose storage is
-  exactly its bytes (the same memory), so it writes what torch.save of a clone would write, with
-  no clone.
+- `writes_without_clones`: the writer sees each contiguous view as a tensor whose storage is
+  exactly its bytes (the same memory), and reports through an in-process queue.
+- `merges_in_place`: fc1 halves read into the destination are not concatenated again.
 
-The bound (`save_transient_bytes`): a save or load adds at most
-  SAVE_OVERHEAD_FRACTION x the rank's training state + SAVE_OVERHEAD_BYTES
-(the writer processes, pickled metadata, the fc1 halves merged on load, split parameters).
+The bound, for memory planning (`save_transient_bytes`): a save or load adds at most
+SAVE_OVERHEAD_FRACTION x the rank's training state + SAVE_OVERHEAD_BYTES.
 """
 
 from __future__ import annotations
@@ -52,7 +51,7 @@ logger = logging.getLogger(__name__)
 SAVE_OVERHEAD_FRACTION = 0.25
 """Peak extra host memory of a save or load, as a fraction of the rank's training state (see
 docs/checkpoints.md for the measurements this bound is checked against)."""
-SAVE_OVERHEAD_BYTES = 256 << 20
+SAVE_OVERHEAD_BYTES = 128 << 20
 """Plus a constant: the forked writer processes' own pages and the pickled metadata."""
 
 
@@ -206,6 +205,7 @@ def merges_in_place(sharded_state_dict) -> None:
 # the distributed optimizer's fully_reshardable state without world buffers
 # ------------------------------------------------------------------------------------------------
 
+_WRITTEN_FOR = "0.16.1"  # megatron-core version whose fully_reshardable files _param_state reproduces
 _STATE_KEYS = ("param", "exp_avg", "exp_avg_sq")  # what megatron's world tensors hold, in its order
 
 
@@ -322,8 +322,15 @@ def fully_reshardable_without_copies(optimizer):
     (precision-aware, FSDP, several instances) keep megatron's method."""
     from megatron.core.optimizer import distrib_optimizer as dopt
 
+    import megatron.core
+
     parts = getattr(optimizer, "chained_optimizers", None) or [optimizer]
     targets = [p for p in parts if isinstance(p, dopt.DistributedOptimizer) and _supported(p)]
+    if targets and megatron.core.__version__ != _WRITTEN_FOR:
+        # the files must stay those megatron's own method writes: checked only for this version
+        logger.warning("megatron-core %s (not %s): the optimizer state is gathered as megatron does "
+                       "(checkpoint saves and loads use more memory)", megatron.core.__version__, _WRITTEN_FOR)
+        targets = []
     for part in targets:
         def method(model_sharded_state_dict, is_loading=False, metadata=None, _part=part):
             return _param_state(_part, model_sharded_state_dict, is_loading)
