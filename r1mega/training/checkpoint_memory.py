@@ -17,8 +17,8 @@ Instead, with the files on disk unchanged (same keys, shapes, dtypes, one main r
   exactly its bytes (the same memory), and reports through an in-process queue.
 - `merges_in_place`: fc1 halves read into the destination are not concatenated again.
 
-The bound, for memory planning (`save_transient_bytes`): a save or load adds at most
-SAVE_OVERHEAD_FRACTION x the rank's training state + SAVE_OVERHEAD_BYTES.
+The bound, for memory planning (r1mega.training.checkpoint_budget, re-exported here): a save or
+load adds at most SAVE_OVERHEAD_FRACTION x the rank's training state + SAVE_OVERHEAD_BYTES.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Optional
 
 import torch
 
+from r1mega.training.checkpoint_budget import SAVE_OVERHEAD_BYTES, SAVE_OVERHEAD_FRACTION, save_transient_bytes
 from r1mega.training.host_memory import state_bytes
 
 __all__ = [
@@ -47,18 +48,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-SAVE_OVERHEAD_FRACTION = 0.25
-"""Peak extra host memory of a save or load, as a fraction of the rank's training state (see
-docs/checkpoints.md for the measurements this bound is checked against)."""
-SAVE_OVERHEAD_BYTES = 128 << 20
-"""Plus a constant: the forked writer processes' own pages and the pickled metadata."""
-
-
-def save_transient_bytes(state_bytes: int) -> int:
-    """The most host memory a checkpoint save or load may add to a rank holding `state_bytes` of
-    training state (parameters, gradients, optimizer state): for memory planning."""
-    return int(SAVE_OVERHEAD_FRACTION * state_bytes) + SAVE_OVERHEAD_BYTES
 
 
 def training_state_bytes(model_chunks: list, optimizer=None) -> int:
