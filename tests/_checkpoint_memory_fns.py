@@ -94,3 +94,24 @@ def save_and_load(out_dir: str, layout: dict) -> dict:
         "state_bytes": state, "save": save, "load": load, "restored": restored, "unbounded_save": unbounded,
         "copy": {"bytes": sum(t.numel() * t.element_size() for t in tensors), "peak_extra_bytes": meter.peak_extra_bytes},
     }
+
+
+def megatron_path_save_and_load(out_dir: str, layout: dict) -> dict:
+    """The "before" of docs/checkpoints.md: save and load with r1mega's memory measures switched
+    off (megatron-core's own copies), under the same meter."""
+    from r1mega.parallel.distributed import destroy_distributed
+    from r1mega.training import checkpoint as ckpt
+    from r1mega.training import checkpoint_memory
+
+    ckpt._bounded_memory = lambda optimizer: contextlib.nullcontext()
+    checkpoint_memory.merges_in_place = lambda request: None
+    model_cfg, chunks, optimizer = _build(layout)
+    ckpt._ensure_adam_state(optimizer)
+    gc.collect()
+    path = ckpt.save_checkpoint(Path(out_dir) / "megatron_path", 3, chunks, optimizer, model_config=model_cfg)
+    save = ckpt.last_io_stats().record()
+    gc.collect()
+    ckpt.load_checkpoint(path, chunks, optimizer, model_config=model_cfg)
+    load = ckpt.last_io_stats().record()
+    destroy_distributed()
+    return {"save": save, "load": load}
