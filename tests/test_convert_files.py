@@ -104,6 +104,29 @@ def test_writer_shards_and_indexes(tmp_path, max_shard):
             assert torch.equal(ckpt.read(name, t.shape, (slice(None),)), t)
 
 
+@pytest.mark.parametrize("reserve", [None, 64])  # 64 bytes: the header outgrows its space, data moves
+def test_streamed_safetensors_file_loads_with_safetensors_itself(tmp_path, monkeypatch, reserve):
+    from safetensors.torch import load_file
+
+    from r1mega.convert import safetensors_stream
+
+    if reserve is not None:
+        monkeypatch.setattr(safetensors_stream, "HEADER_RESERVE", reserve)
+    tensors = {
+        "w": torch.randn(3, 4), "half": torch.randn(5).to(torch.bfloat16), "int": torch.arange(6),
+        "strided": torch.arange(6.0).view(2, 3).t(),  # not contiguous: written in logical order
+        "view": torch.randn(10)[2:7], "empty": torch.zeros(0, 3), "flags": torch.tensor([True, False]),
+    }
+    path = tmp_path / "x.safetensors"
+    with safetensors_stream.SafetensorsStreamWriter(path) as writer:
+        for name, t in tensors.items():
+            writer.add(name, t)
+    got = load_file(str(path))
+    assert set(got) == set(tensors)
+    for name, t in tensors.items():
+        assert got[name].dtype == t.dtype and torch.equal(got[name], t.contiguous()), name
+
+
 def test_writer_refuses_a_tensor_delivered_twice(tmp_path):
     t = torch.ones(2)
     with pytest.raises(ValueError, match="delivered twice"):

@@ -236,37 +236,45 @@ def write_safetensors_shards(
 ) -> dict[str, str]:
     """Write streamed HF tensors as `model-0000i-of-0000n.safetensors` (or `model.safetensors` when
     one file is enough) plus the index; returns the weight map. `progress(n_tensors)` is called
-    after each bucket."""
-    from safetensors.torch import save_file
+    after each bucket. Each tensor goes to its file as it arrives (SafetensorsStreamWriter), so the
+    memory used is the bucket in hand, not a whole shard."""
+    from r1mega.convert.safetensors_stream import SafetensorsStreamWriter
 
     directory = Path(directory)
     shards: list[tuple[Path, list[str]]] = []
-    pending: dict[str, torch.Tensor] = {}
-    pending_bytes = 0
+    seen: set[str] = set()
+    writer: Optional[SafetensorsStreamWriter] = None
     total = 0
 
-    def flush() -> None:
-        nonlocal pending, pending_bytes
+    def new_shard() -> SafetensorsStreamWriter:
         path = directory / f"shard-{len(shards):05d}.tmp"
-        save_file(pending, str(path), metadata={"format": "pt"})
-        shards.append((path, list(pending)))
-        pending, pending_bytes = {}, 0
+        shards.append((path, []))
+        return SafetensorsStreamWriter(path)
 
-    for bucket in buckets:
-        for name, tensor in bucket:
-            nbytes = tensor.numel() * tensor.element_size()
-            if pending and pending_bytes + nbytes > max_shard_bytes:
-                flush()
-            if name in pending or any(name in names for _, names in shards):
-                raise ValueError(f"write_safetensors_shards: tensor {name!r} delivered twice")
-            pending[name] = tensor.detach().to("cpu").contiguous()
-            pending_bytes += nbytes
-            total += nbytes
-        if progress is not None:
-            progress(len(bucket))
-        del bucket
-    if pending or not shards:
-        flush()
+    try:
+        for bucket in buckets:
+            for name, tensor in bucket:
+                nbytes = tensor.numel() * tensor.element_size()
+                if name in seen:
+                    raise ValueError(f"write_safetensors_shards: tensor {name!r} delivered twice")
+                seen.add(name)
+                if writer is None or (writer.nbytes and writer.nbytes + nbytes > max_shard_bytes):
+                    if writer is not None:
+                        writer.close()
+                    writer = new_shard()
+                writer.add(name, tensor)
+                shards[-1][1].append(name)
+                total += nbytes
+            if progress is not None:
+                progress(len(bucket))
+            del bucket
+        if writer is None:
+            writer = new_shard()
+        writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     weight_map: dict[str, str] = {}
     n = len(shards)
     for i, (path, names) in enumerate(shards):

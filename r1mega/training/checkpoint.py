@@ -27,6 +27,10 @@ Bad inputs fail before any collective, on every rank alike, with a CheckpointErr
 checkpoint: missing or truncated shard files (checked against the torch_dist metadata), a model
 config that differs from the checkpoint's, a checkpoint without the optimizer state asked for.
 
+Memory: no copy of the training state is made to save or load it (r1mega.training.checkpoint_memory);
+each save/load measures its peak extra host memory and duration (`last_io_stats()`), which stay
+under `checkpoint_memory.save_transient_bytes(state)`.
+
 Preemption: `PreemptionWatcher` turns SIGTERM/SIGUSR1 into a flag; the trainer asks
 `should_stop()` (all ranks agree through an all-reduce) at each step boundary, saves and exits 0.
 """
@@ -68,6 +72,9 @@ __all__ = [
     "read_checkpoint_info",
     "PreemptionWatcher",
     "INFO_FILE",
+    "CheckpointIOStats",
+    "last_io_stats",
+    "metered_io",
 ]
 
 logger = logging.getLogger(__name__)
@@ -97,6 +104,60 @@ class LoadedCheckpoint:
     optimizer_loaded: bool = False
     rng_restored: bool = False
     info: dict = field(default_factory=dict)
+
+
+@dataclass
+class CheckpointIOStats:
+    """What one save or load cost: wall seconds and the peak host memory it added on top of the
+    rank's (max over ranks), measured by HostMemoryMeter, beside the rank's training state."""
+
+    kind: str
+    path: str
+    seconds: float
+    peak_extra_bytes: Optional[int]
+    state_bytes: int
+
+    def line(self) -> str:
+        extra = "n/a" if self.peak_extra_bytes is None else f"{self.peak_extra_bytes / 2**30:.2f} GiB"
+        return (f"{self.kind} {self.path} in {self.seconds:.1f}s, peak extra host memory {extra} "
+                f"(rank state {self.state_bytes / 2**30:.2f} GiB)")
+
+    def record(self) -> dict:
+        return {"kind": self.kind, "path": self.path, "seconds": round(self.seconds, 3),
+                "peak_extra_bytes": self.peak_extra_bytes, "state_bytes": self.state_bytes}
+
+
+_last_io: Optional[CheckpointIOStats] = None
+
+
+def last_io_stats() -> Optional[CheckpointIOStats]:
+    """The stats of this process's latest save_checkpoint / load_checkpoint."""
+    return _last_io
+
+
+@contextlib.contextmanager
+def metered_io(kind: str, path, model_chunks: list, optimizer=None):
+    """Measure the body on every rank, then agree on the max over ranks (a collective); the result
+    is `last_io_stats()`. Saves and loads use it; the HF export too."""
+    global _last_io
+    from r1mega.training.checkpoint_memory import training_state_bytes
+    from r1mega.training.host_memory import HostMemoryMeter
+
+    state = training_state_bytes(model_chunks, optimizer)
+    with HostMemoryMeter() as meter:
+        yield
+    peak, state = _max_over_ranks(meter.peak_extra_bytes, state)
+    _last_io = CheckpointIOStats(kind, str(path), meter.seconds, peak, state)
+    logger.info("%s (this process %s, child processes %s)", _last_io.line(), meter.own_extra_bytes, meter.children_bytes)
+
+
+def _max_over_ranks(peak: Optional[int], state: int) -> tuple[Optional[int], int]:
+    import torch.distributed as dist
+
+    values = torch.tensor([-1 if peak is None else peak, state], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return (None if values[0] < 0 else int(values[0])), int(values[1])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,6 +292,18 @@ def _optimizer_sharded_state_dict(optimizer, model_sd: dict, is_loading: bool, f
     # the distributed optimizer's format (module docstring); the other optimizers ignore the key
     _ensure_adam_state(optimizer)
     return optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata={"distrib_optim_sharding_type": fmt})
+
+
+@contextlib.contextmanager
+def _bounded_memory(optimizer):
+    """No copy of the training state while megatron builds, writes or reads a checkpoint
+    (r1mega.training.checkpoint_memory has the measured cause)."""
+    from r1mega.training.checkpoint_memory import fully_reshardable_without_copies, writes_without_clones
+
+    with writes_without_clones(), (
+        fully_reshardable_without_copies(optimizer) if optimizer is not None else contextlib.nullcontext()
+    ):
+        yield
 
 
 def _ensure_adam_state(optimizer) -> None:
@@ -405,48 +478,51 @@ def save_checkpoint(
     root = Path(root)
     final = root / checkpoint_name(step)
     tmp = root / (checkpoint_name(step) + _INCOMPLETE)
-    start = time.perf_counter()
     if _rank() == 0:
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob("iter_*" + _INCOMPLETE):  # killed saves: never complete, never loaded
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     _barrier()
-    try:
-        model_sd = _model_sharded_state_dict(model_chunks)
-        state: dict[str, Any] = {"model": model_sd, "step": step, "extra_state": extra_state, "rng_state": _rng_sharded_object(_rng_state())}
-        if optimizer is not None:
-            state["optimizer"] = _optimizer_sharded_state_dict(optimizer, model_sd, False, optimizer_format)
-        if scheduler is not None:
-            state["scheduler"] = scheduler.state_dict()
-        dist_checkpointing.save(state, str(tmp))  # ends with a barrier
-        if _rank() == 0:
-            info = {
-                "format_version": _FORMAT_VERSION,
-                "step": step,
-                "time": time.time(),
-                "layout": _layout(),
-                "has_optimizer": optimizer is not None,
-                "optimizer_format": optimizer_format if optimizer is not None else None,
-                "has_scheduler": scheduler is not None,
-                "extra_state_keys": sorted(extra_state),
-                "model_config": to_dict(model_config) if model_config is not None else None,
-            }
-            _write_atomic(tmp / INFO_FILE, json.dumps(info, indent=1))
-            _fsync_tree(tmp)
-            if final.exists():  # the same step saved again (e.g. after a resume): replace it
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(root)
-            _write_atomic(root / LATEST_FILE, final.name + "\n")
-            if keep_last > 0:
-                _prune(root, keep_last)
-    except BaseException:
-        if _rank() == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _barrier()
-    logger.info("saved checkpoint %s in %.1fs", final, time.perf_counter() - start)
+    if optimizer is not None:
+        _ensure_adam_state(optimizer)  # (before the first step) the state a step would create
+    with metered_io("saved", final, model_chunks, optimizer):
+        try:
+            model_sd = _model_sharded_state_dict(model_chunks)
+            state: dict[str, Any] = {"model": model_sd, "step": step, "extra_state": extra_state, "rng_state": _rng_sharded_object(_rng_state())}
+            with _bounded_memory(optimizer):  # checkpoint_memory: no copies of the state
+                if optimizer is not None:
+                    state["optimizer"] = _optimizer_sharded_state_dict(optimizer, model_sd, False, optimizer_format)
+                if scheduler is not None:
+                    state["scheduler"] = scheduler.state_dict()
+                dist_checkpointing.save(state, str(tmp))  # ends with a barrier
+            del state, model_sd
+            if _rank() == 0:
+                info = {
+                    "format_version": _FORMAT_VERSION,
+                    "step": step,
+                    "time": time.time(),
+                    "layout": _layout(),
+                    "has_optimizer": optimizer is not None,
+                    "optimizer_format": optimizer_format if optimizer is not None else None,
+                    "has_scheduler": scheduler is not None,
+                    "extra_state_keys": sorted(extra_state),
+                    "model_config": to_dict(model_config) if model_config is not None else None,
+                }
+                _write_atomic(tmp / INFO_FILE, json.dumps(info, indent=1))
+                _fsync_tree(tmp)
+                if final.exists():  # the same step saved again (e.g. after a resume): replace it
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                _fsync_dir(root)
+                _write_atomic(root / LATEST_FILE, final.name + "\n")
+                if keep_last > 0:
+                    _prune(root, keep_last)
+        except BaseException:
+            if _rank() == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _barrier()
     return final
 
 
@@ -560,39 +636,45 @@ def load_checkpoint(
     same_layout = info.get("layout") == _layout()
     restore_rng = load_rng and same_layout
 
-    model_sd = _model_sharded_state_dict(model_chunks)
-    request: dict[str, Any] = {"model": model_sd}
     if want_optimizer:
-        request["optimizer"] = _optimizer_sharded_state_dict(optimizer, model_sd, True, info["optimizer_format"])
-    if restore_rng:
-        request["rng_state"] = _rng_sharded_object()
-    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+        _ensure_adam_state(optimizer)  # the state a step would create: not counted as the load's
+    with metered_io("loaded", path, model_chunks, optimizer):
+        model_sd = _model_sharded_state_dict(model_chunks)
+        request: dict[str, Any] = {"model": model_sd}
+        if want_optimizer:
+            with _bounded_memory(optimizer):  # reads straight into the optimizer's state
+                request["optimizer"] = _optimizer_sharded_state_dict(optimizer, model_sd, True, info["optimizer_format"])
+        if restore_rng:
+            request["rng_state"] = _rng_sharded_object()
+        from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
-    from r1mega.convert.mcore_checkpoint import unpickling_reason, weights_only_loads
+        from r1mega.convert.mcore_checkpoint import unpickling_reason, weights_only_loads
+        from r1mega.training.checkpoint_memory import merges_in_place
 
-    try:
-        with weights_only_loads():  # every torch.load inside, DCP's object reads included
-            loaded = dist_checkpointing.load(request, str(path))
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refusing to load: {unpickling_reason(e)}") from None
-    except (Exception, CheckpointException) as e:
-        raise _explain_load_error(path, e) from e
-    for i, chunk in enumerate(model_chunks):
-        _unwrapped(chunk).load_state_dict(loaded["model"][f"chunk{i}"], strict=True)
-    if want_optimizer:
-        with _keep_torch_adam_step(optimizer):
-            optimizer.load_state_dict(loaded["optimizer"])
-        _unshare_adam_steps(optimizer)
-    elif optimizer is not None:
-        optimizer.reload_model_params()  # main (fp32) copies follow the loaded weights
-    if scheduler is not None and "scheduler" in loaded:
-        scheduler.load_state_dict(loaded["scheduler"])
-    if restore_rng:
-        _set_rng_state(loaded["rng_state"])
-    elif load_rng:
-        logger.info(
-            "%s: RNG states not restored: saved under layout %s, running %s", path, info.get("layout"), _layout()
-        )
+        merges_in_place(request)  # gated-MLP halves read in place stay there
+        try:
+            with weights_only_loads():  # every torch.load inside, DCP's object reads included
+                loaded = dist_checkpointing.load(request, str(path))
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f"{path}: refusing to load: {unpickling_reason(e)}") from None
+        except (Exception, CheckpointException) as e:
+            raise _explain_load_error(path, e) from e
+        for i, chunk in enumerate(model_chunks):
+            _unwrapped(chunk).load_state_dict(loaded["model"][f"chunk{i}"], strict=True)
+        if want_optimizer:
+            with _keep_torch_adam_step(optimizer):
+                optimizer.load_state_dict(loaded["optimizer"])
+            _unshare_adam_steps(optimizer)
+        elif optimizer is not None:
+            optimizer.reload_model_params()  # main (fp32) copies follow the loaded weights
+        if scheduler is not None and "scheduler" in loaded:
+            scheduler.load_state_dict(loaded["scheduler"])
+        if restore_rng:
+            _set_rng_state(loaded["rng_state"])
+        elif load_rng:
+            logger.info(
+                "%s: RNG states not restored: saved under layout %s, running %s", path, info.get("layout"), _layout()
+            )
     return LoadedCheckpoint(
         path=path,
         step=int(loaded["step"]),

@@ -13,7 +13,11 @@ from typing import Any, Callable, Optional
 
 from r1mega.config import Config
 
-__all__ = ["TrainOutcome", "train_with_saves", "say"]
+__all__ = ["TrainOutcome", "train_with_saves", "say", "report_io", "IO_LOG"]
+
+IO_LOG = "checkpoint_io.jsonl"
+"""In the run directory: one JSON line per checkpoint save/load and HF export (seconds, peak extra
+host memory, the rank's training state), as `report_io` writes them."""
 
 
 @dataclass
@@ -57,6 +61,7 @@ def train_with_saves(
             keep_last=cfg.checkpoint.keep_last,
             optimizer_format=cfg.checkpoint.optimizer_format,
         )
+        report_io(cfg)
         if also_save is not None:
             also_save(t)
         saved_step = t.step
@@ -78,6 +83,24 @@ def train_with_saves(
     if not preempted and cfg.checkpoint.save_at_end and saved_step != trainer.step:
         save(trainer)
     return TrainOutcome(metrics=metrics, checkpoint=last_path, preempted=preempted)
+
+
+def report_io(cfg: Config) -> None:
+    """Print the latest save/load/export's cost (rank 0) and append it to run_dir/checkpoint_io.jsonl."""
+    import json
+    import time
+
+    import torch.distributed as dist
+
+    from r1mega.training.checkpoint import last_io_stats
+
+    stats = last_io_stats()
+    if stats is None or (dist.is_initialized() and dist.get_rank() != 0):
+        return
+    say(stats.line())
+    cfg.run.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(cfg.run.run_dir / IO_LOG, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"time": time.time(), **stats.record()}) + "\n")
 
 
 def say(text: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from r1mega.config import Config, save_config
-from r1mega.training.job_loop import say as _say
+from r1mega.training.job_loop import report_io, say as _say
 
 __all__ = ["run_rl", "RLJobResult", "ensure_base"]
 
@@ -113,6 +113,7 @@ def run_rl(cfg: Config) -> RLJobResult:
         if resume_path is None and cfg.checkpoint.init_from:
             def init_fn(chunks):
                 used = ckpt.load_model_weights(cfg.checkpoint.init_from, chunks, model_config=cfg.model)
+                report_io(cfg)
                 _say(f"initial weights from {used}")
         elif resume_path is None:
             _say("no checkpoint.init_from: the policy starts from a random initialisation")
@@ -125,6 +126,7 @@ def run_rl(cfg: Config) -> RLJobResult:
         def also_save(t: RLTrainer) -> None:
             if t.ref_model is not None and t.ref_refreshed_at == t.step and t.step > 0:
                 ckpt.save_checkpoint(Path(f"{root}_reference"), t.step, t.ref_model, model_config=cfg.model, keep_last=1)
+                report_io(cfg)
 
         outcome = train_with_saves(
             cfg, trainer, root, resumed=resume_path is not None, also_save=also_save,
@@ -149,6 +151,7 @@ def _resume(cfg: Config, trainer, path: Path, root: Path) -> None:
         path, trainer.model, trainer.optimizer, trainer.scheduler, model_config=cfg.model,
         load_optimizer=cfg.checkpoint.load_optimizer, load_rng=cfg.checkpoint.load_rng,
     )
+    report_io(cfg)
     if loaded.extra_state.get("stage") != "rl":
         raise ValueError(f"{path}: a {loaded.extra_state.get('stage')!r} checkpoint, not an RL one; "
                          "use checkpoint.init_from to start RL from it")

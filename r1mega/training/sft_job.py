@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from r1mega.config import Config, save_config
-from r1mega.training.job_loop import say as _say
+from r1mega.training.job_loop import report_io, say as _say
 
 __all__ = ["run_supervised", "JobResult", "load_datasets"]
 
@@ -90,6 +90,7 @@ def run_supervised(cfg: Config, stage: Stage) -> JobResult:
             def init_fn(chunks):
                 used = ckpt.load_model_weights(cfg.checkpoint.init_from, chunks, model_config=cfg.model)
                 logger.info("initial weights from %s", used)
+                report_io(cfg)
         trainer.build(init_fn)
         if resume_path is not None:
             loaded = ckpt.load_checkpoint(
@@ -101,6 +102,7 @@ def run_supervised(cfg: Config, stage: Stage) -> JobResult:
                 load_optimizer=cfg.checkpoint.load_optimizer,
                 load_rng=cfg.checkpoint.load_rng,
             )
+            report_io(cfg)
             trainer.step = loaded.step
             if "sampler" in loaded.extra_state:
                 trainer.sampler.load_state_dict(loaded.extra_state["sampler"])
@@ -123,7 +125,11 @@ def run_supervised(cfg: Config, stage: Stage) -> JobResult:
 def _export_hf(cfg: Config, trainer, tokenizer) -> None:
     """HF safetensors + config.json + generation_config.json + tokenizer of the final model in
     run_dir/hf (a collective; replaces an earlier export once the new one is complete)."""
+    from r1mega.training.checkpoint import metered_io
     from r1mega.training.hf_export import write_hf_export
 
-    out = write_hf_export(trainer.model, cfg.model, tokenizer, cfg.run.run_dir / "hf")
+    out = cfg.run.run_dir / "hf"
+    with metered_io("exported", out, trainer.model, trainer.optimizer):
+        write_hf_export(trainer.model, cfg.model, tokenizer, out)
+    report_io(cfg)
     _say(f"HF export written to {out}")
