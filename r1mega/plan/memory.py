@@ -259,11 +259,14 @@ def plan_memory(
                 f"{rollout.concurrent_sequences} sequences of {rollout.longest_sequence} tokens "
                 f"({need_kv / GiB:.1f} GiB); raise the rollout TP or mem_fraction_static"
             )
-    host_train = (rp.total * (pb + grad_bytes) + optimizer) * gpus_per_node
+    from r1mega.training.checkpoint_budget import SAVE_OVERHEAD_FRACTION, save_transient_bytes
+
+    rank_state = rp.total * (pb + grad_bytes) + optimizer
+    host_train = rank_state * gpus_per_node
     plan.host += [
         Term("training state offloaded during rollout", host_train / GiB, f"{gpus_per_node} GPUs per node"),
-        Term("checkpoint save transient", rp.total * pb * gpus_per_node / GiB,
-             "one staging copy of each rank's weights (issue 15 bounds it)"),
+        Term("checkpoint save/load transient", save_transient_bytes(int(rank_state)) * gpus_per_node / GiB,
+             f"measured bound: {SAVE_OVERHEAD_FRACTION:g} x each rank's state + 128 MiB (docs/checkpoints.md)"),
     ]
     sync_bytes = total_params * 2
     plan.sync += [
