@@ -18,7 +18,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "r1.sh"
-STEPS = 12
+# enough steps (~0.1 s each on CPU) that the signal always lands mid-run, even when the machine is idle
+STEPS = 150
 
 
 def _slurm_up() -> str | None:
@@ -94,7 +95,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes_to_the_same_end(uninterr
     deadline = time.time() + 600
     while max(_metrics(tmp_path, "preempted"), default=0) < 3:  # mid-run
         assert time.time() < deadline, "the job never reached step 3"
-        time.sleep(1)
+        time.sleep(0.2)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
     while True:
         info = _job(job_id)
