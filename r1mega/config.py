@@ -77,7 +77,10 @@ class Config:
     plan: PlanConfig = field(default_factory=PlanConfig)
 
     def validate(self) -> None:
+        from r1mega.training.routing_replay import check_routing_replay
+
         self.parallel.check_model(self.model)
+        check_routing_replay(self)
         if self.parallel.use_distributed_optimizer and self.optimizer.name != "adam":
             raise ConfigError(
                 "optimizer.name: megatron's distributed optimizer supports adam only "

@@ -8,6 +8,7 @@ weight payloads are opened as SGLang's TP ranks open them (`MultiprocessingSeria
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import torch
 
@@ -17,7 +18,7 @@ class RecordingEngine:
     sglang.Engine would build from it (SGLang's own classes), and payloads are opened as SGLang's
     TP ranks open them. `fail_bucket`: that update returns SGLang's failure tuple."""
 
-    def __init__(self, sgl, tp: int, fail_bucket: int | None = None):
+    def __init__(self, sgl, tp: int, fail_bucket: int | None = None, routing: tuple[int, int] | None = None):
         self.io = sgl["sglang.srt.managers.io_struct"]
         self.utils = sgl["sglang.srt.utils"]
         self.bucket_cls = sgl["sglang.srt.weight_sync.tensor_bucket"].FlattenedTensorBucket
@@ -29,6 +30,7 @@ class RecordingEngine:
         self.loop = asyncio.new_event_loop()
         self.tokenizer_manager = self
         self.version = "default"
+        self.routing = routing  # (num_layers, top_k): answer return_routed_experts as SGLang does
 
     def release_memory_occupation(self, tags=None):
         self.requests.append(self.io.ReleaseMemoryOccupationReqInput(tags=tags))
@@ -67,14 +69,23 @@ class RecordingEngine:
         self.requests.append(obj)
         self.version = obj.new_version
 
-    def generate(self, input_ids=None, sampling_params=None, return_logprob=False, **_):
+    def generate(self, input_ids=None, sampling_params=None, return_logprob=False, return_routed_experts=False, **_):
         self.requests.append(self.io.GenerateReqInput(input_ids=input_ids, sampling_params=sampling_params,
-                                                      return_logprob=return_logprob))
-        self.generate_calls.append({"input_ids": input_ids, "sampling_params": sampling_params})
-        return [{"output_ids": [5, 6], "meta_info": {"finish_reason": {"type": "length", "length": 2},
-                                                     "weight_version": self.version,
-                                                     "output_token_logprobs": [(-0.5, 5, None), (-1.25, 6, None)]}}
-                for _ in input_ids]
+                                                      return_logprob=return_logprob,
+                                                      return_routed_experts=return_routed_experts))
+        self.generate_calls.append({"input_ids": input_ids, "sampling_params": sampling_params,
+                                    "return_routed_experts": return_routed_experts})
+        outputs = []
+        for ids in input_ids:
+            meta = {"finish_reason": {"type": "length", "length": 2}, "weight_version": self.version,
+                    "output_token_logprobs": [(-0.5, 5, None), (-1.25, 6, None)]}
+            if return_routed_experts and self.routing:
+                # int32 [prompt + 2 output - 1, layers, top_k], base64 as the tokenizer manager sends it
+                rows = len(ids) + 2 - 1
+                routed = torch.arange(rows * self.routing[0] * self.routing[1], dtype=torch.int32) % 8
+                meta["routed_experts"] = base64.b64encode(routed.numpy().tobytes()).decode("utf-8")
+            outputs.append({"output_ids": [5, 6], "meta_info": meta})
+        return outputs
 
 
 def request_names(requests) -> list[str]:

@@ -71,7 +71,7 @@ def test_train_with_sglang_on_cpu_stops_at_start_up_with_one_line(capsys, tmp_pa
         ("rollout.ep=3", r"rollout\.ep: 3 must divide tp=1"),
         ("rollout.mem_fraction=1.5", r"rollout\.mem_fraction: must be in \(0, 1\)"),
         ("rollout.bucket_mb=0", r"rollout\.bucket_mb: must be > 0"),
-        ("rollout.routing_replay=true", r"rollout\.routing_replay: MoE routing replay is not implemented yet"),
+        ("rollout.routing_replay=true", r"rollout\.routing_replay: the model has no MoE layers"),
     ],
 )
 def test_sglang_layout_values_are_named(override, message):

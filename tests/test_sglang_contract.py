@@ -118,6 +118,27 @@ def test_expert_filter_follows_sglang_ep_layout():
     assert all(expert_filter(4, 1, 8)(r, name.format(5)) for r in range(4))
 
 
+def test_routing_replay_asks_for_and_decodes_routed_experts(sgl):
+    recorder = RecordingEngine(sgl, tp=1, routing=(3, 2))
+    adapter = SGLangEngine(recorder, tp_size=1, routing_shape=(3, 2))
+    adapter.version = recorder.version = "1"
+    samples = adapter.generate([[1, 2, 3], [4]], SamplingParams(max_new_tokens=2, seed=1))
+    request = recorder.requests[-1]
+    assert request.return_routed_experts is True  # SGLang's GenerateReqInput carries the flag
+    for s in samples:
+        rows = len(s.prompt_token_ids) + len(s.response_token_ids) - 1
+        want = (torch.arange(rows * 6, dtype=torch.int32) % 8).view(rows, 3, 2)
+        assert torch.equal(s.metadata["routed_experts"], want)
+    plain = SGLangEngine(RecordingEngine(sgl, tp=1), tp_size=1)  # replay off: nothing asked for
+    plain.version = plain.engine.version = "1"
+    plain.generate([[1]], SamplingParams(max_new_tokens=2, seed=1))
+    assert plain.engine.generate_calls[-1]["return_routed_experts"] is False
+    silent = SGLangEngine(RecordingEngine(sgl, tp=1), tp_size=1, routing_shape=(3, 2))  # engine answers without them
+    silent.version = silent.engine.version = "1"
+    with pytest.raises(Exception, match="returned no routed_experts"):
+        silent.generate([[1]], SamplingParams(max_new_tokens=2, seed=1))
+
+
 # -- the adapter's call sequence ------------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ from r1mega.rollout.hf_model import (
     resolve_dtype,
 )
 from r1mega.rollout.hf_weights import HFWeightMap
+from r1mega.rollout.routing import RoutingRecorder
 from r1mega.rollout.sampling import sample_generators, sample_next_tokens, scaled_logprobs
 from r1mega.rollout.stopping import Decoder, StopChecker
 from r1mega.rollout.types import NamedTensors, Sample, SamplingParams
@@ -64,10 +65,13 @@ class BuiltinEngine:
         experts_implementation: Optional[str] = None,
         eos_token_ids: Optional[Sequence[int]] = None,
         seed: int = 0,
+        record_routing: bool = False,
     ):
         """`model`: a transformers config (random weights, to be replaced by update_weights) or a local
         HF checkpoint directory (safetensors). `eos_token_ids` replaces the ids read from the model
-        config / generation_config.json / tokenizer. `seed` seeds the requests that bring none."""
+        config / generation_config.json / tokenizer. `seed` seeds the requests that bring none.
+        `record_routing`: every Sample carries metadata["routed_experts"] (MoE routing replay; see
+        r1mega.rollout.routing for the layout)."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size: must be >= 1, got {max_batch_size}")
         if max_tokens_per_forward < max_batch_size:
@@ -92,6 +96,7 @@ class BuiltinEngine:
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self._cache_kwarg = kv_cache_argument(self.model)
         self.weights = HFWeightMap(self.model)
+        self._routing = RoutingRecorder(self.model) if record_routing else None
         self._state = _READY
         self._released_layout: list = []
         if directory is not None:
@@ -113,6 +118,7 @@ class BuiltinEngine:
             max_tokens_per_forward=rollout_cfg.max_tokens_per_forward,
             attn_implementation=rollout_cfg.attn_implementation,
             experts_implementation=rollout_cfg.experts_implementation,
+            record_routing=rollout_cfg.routing_replay,
             **kwargs,
         )
 
@@ -202,21 +208,25 @@ class BuiltinEngine:
             outputs = self._generate_batch(
                 [prompts[i] for i in rows], sampling, stopper, [generators[i] for i in rows]
             )
-            for i, (tokens, logprobs, reason) in zip(rows, outputs):
+            for i, (tokens, logprobs, reason, routed) in zip(rows, outputs):
                 samples[i] = Sample(
                     prompt_token_ids=list(prompts[i]),
                     response_token_ids=tokens,
                     response_logprobs=logprobs,
                     finish_reason=reason,
                     response_text=self._decode(tokens),
+                    metadata={} if routed is None else {"routed_experts": routed},
                 )
         return samples
 
     def _generate_batch(self, prompts, sampling, stopper, generators):
-        """Prefill then decode one micro-batch; returns (tokens, log-probs, finish reason) per prompt."""
+        """Prefill then decode one micro-batch; returns (tokens, log-probs, finish reason, routed
+        experts or None) per prompt."""
         input_ids, mask, positions = self._left_pad(prompts)
         cache = DynamicCache(config=self.model.config)
-        logits = self._prefill(input_ids, mask, positions, cache)  # [batch, vocab]
+        prefill_routes: list[torch.Tensor] = []  # [batch, chunk, layers, top_k] per prefill chunk
+        logits = self._prefill(input_ids, mask, positions, cache, routes=prefill_routes)  # [batch, vocab]
+        decode_routes: list[list[torch.Tensor]] = [[] for _ in prompts]  # per prompt: [1, layers, top_k] per step
         next_pos = positions[:, -1] + 1  # [batch]
         running = list(range(len(prompts)))  # position in the batch -> prompt index
         tokens_out = [[] for _ in prompts]
@@ -246,9 +256,20 @@ class BuiltinEngine:
                 **{self._cache_kwarg: cache},
                 use_cache=True,
             )
+            if self._routing is not None:
+                step = self._routing.take(len(running), 1)  # [running, 1, layers, top_k]
+                for row, i in enumerate(running):
+                    decode_routes[i].append(step[row])
             logits = out.logits[:, -1]  # [batch, vocab]
             next_pos = next_pos + 1
-        return list(zip(tokens_out, logprobs_out, reasons))
+        routed: list[Optional[torch.Tensor]] = [None] * len(prompts)
+        if self._routing is not None:
+            full = torch.cat(prefill_routes, dim=1)  # [batch, width, layers, top_k]; left-padded
+            width = full.shape[1]
+            for i, p in enumerate(prompts):
+                # prompt positions, then every fed response token: prompt + response - 1 rows
+                routed[i] = torch.cat([full[i, width - len(p):], *decode_routes[i]], dim=0)
+        return list(zip(tokens_out, logprobs_out, reasons, routed))
 
     # -- teacher forcing -----------------------------------------------------------------------
 
@@ -330,7 +351,7 @@ class BuiltinEngine:
         positions = (mask.cumsum(dim=1) - 1).clamp_(min=0)
         return input_ids.to(self.device), mask.to(self.device), positions.to(self.device)
 
-    def _prefill(self, input_ids, mask, positions, cache, on_logits=None) -> torch.Tensor:
+    def _prefill(self, input_ids, mask, positions, cache, on_logits=None, routes=None) -> torch.Tensor:
         """Run padded sequences through the model in column chunks of at most max_tokens_per_forward
         tokens, filling `cache`. Without `on_logits`, returns the last position's logits [batch, vocab];
         with it, calls on_logits(start, logits [batch, chunk, vocab]) for every chunk instead, so
@@ -348,6 +369,10 @@ class BuiltinEngine:
                 use_cache=True,
                 logits_to_keep=0 if on_logits is not None else 1,  # 0 = every position
             )
+            if self._routing is not None:
+                recorded = self._routing.take(batch, end - start)  # [batch, chunk, layers, top_k]
+                if routes is not None:
+                    routes.append(recorded)
             if on_logits is not None:
                 on_logits(start, out.logits)
             logits = out.logits[:, -1]

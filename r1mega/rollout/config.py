@@ -48,7 +48,8 @@ class RolloutConfig:
     bucket_mb: float = 512.0
     """Weight sync bucket size (MiB of HF tensors per update_weights_from_tensor call)."""
     routing_replay: bool = False
-    """MoE routing replay (R3): ask the engine for its routed experts (not implemented yet: refused)."""
+    """MoE routing replay (R3): the engine reports the experts it routed each token to and the trainer's
+    routers replay them in the log-prob and training forwards (r1mega.training.routing_replay)."""
 
     def validate(self) -> None:
         if not self.temperature >= 0:
@@ -74,8 +75,6 @@ class RolloutConfig:
             raise ConfigError(f"mem_fraction: must be in (0, 1), got {self.mem_fraction}")
         if not self.bucket_mb > 0:
             raise ConfigError(f"bucket_mb: must be > 0, got {self.bucket_mb}")
-        if self.routing_replay:
-            raise ConfigError("routing_replay: MoE routing replay is not implemented yet; set it to false")
         for i, s in enumerate(self.stop):
             if not s:
                 raise ConfigError(f"stop[{i}]: must be a non-empty string")

@@ -114,15 +114,18 @@ def _checked(result, what: str) -> None:
 class SGLangEngine:
     """The RolloutEngine on an in-process `sglang.Engine` (see the module docstring)."""
 
-    def __init__(self, engine, *, tp_size: int):
-        """`engine`: a built `sglang.Engine` (or an object with its methods, for tests)."""
+    def __init__(self, engine, *, tp_size: int, routing_shape: Optional[tuple[int, int]] = None):
+        """`engine`: a built `sglang.Engine` (or an object with its methods, for tests).
+        `routing_shape`: (num_hidden_layers, top_k) to ask for and decode routed experts (R3)."""
         self.engine = engine
         self.tp_size = tp_size
+        self.routing_shape = routing_shape
         self.version: Optional[str] = None
         self._released: list[str] = []
 
     @classmethod
-    def launch(cls, rollout_cfg, *, model_path: str, base_gpu_id: int, seed: int, dtype: str) -> "SGLangEngine":
+    def launch(cls, rollout_cfg, *, model_path: str, base_gpu_id: int, seed: int, dtype: str,
+               routing_shape: Optional[tuple[int, int]] = None) -> "SGLangEngine":
         """Build the engine on this (owner) rank, restore the process state, release its memory."""
         check_sglang_available()
         kwargs = server_args_kwargs(rollout_cfg, model_path=model_path, base_gpu_id=base_gpu_id, seed=seed, dtype=dtype)
@@ -131,7 +134,7 @@ class SGLangEngine:
             import sglang
 
             engine = sglang.Engine(**kwargs)
-        self = cls(engine, tp_size=rollout_cfg.tp)
+        self = cls(engine, tp_size=rollout_cfg.tp, routing_shape=routing_shape if rollout_cfg.routing_replay else None)
         self.release_memory()
         return self
 
@@ -230,8 +233,10 @@ class SGLangEngine:
             if sampling.seed is not None:
                 p["sampling_seed"] = sample_seed(sampling.seed, sampling.first_sample_index + i) % (2**31)
             params.append(p)
+        extra = {"return_routed_experts": True} if self.routing_shape is not None else {}
         outputs = self.engine.generate(
-            input_ids=[list(map(int, p)) for p in prompts_token_ids], sampling_params=params, return_logprob=True
+            input_ids=[list(map(int, p)) for p in prompts_token_ids], sampling_params=params, return_logprob=True,
+            **extra,
         )
         return [self._sample(list(p), out) for p, out in zip(prompts_token_ids, outputs)]
 
@@ -247,8 +252,15 @@ class SGLangEngine:
         logprobs = [float(lp) for lp, _tok, _text in meta["output_token_logprobs"]]
         tokens = [int(t) for t in out["output_ids"]]
         metadata = {"weight_version": meta.get("weight_version")}
-        if "routed_experts" in meta:
-            metadata["routed_experts"] = meta["routed_experts"]
+        if self.routing_shape is not None:
+            from r1mega.rollout.routing import decode_sglang
+
+            if "routed_experts" not in meta:
+                raise SGLangError("generate: routing replay is on but SGLang returned no routed_experts")
+            layers, top_k = self.routing_shape
+            metadata["routed_experts"] = decode_sglang(
+                meta["routed_experts"], num_layers=layers, top_k=top_k, tokens=len(prompt) + len(tokens) - 1
+            )
         return Sample(prompt_token_ids=prompt, response_token_ids=tokens, response_logprobs=logprobs,
                       finish_reason=reason, response_text=out.get("text", ""), metadata=metadata)
 

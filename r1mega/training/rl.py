@@ -38,6 +38,7 @@ from r1mega.training.policy_logprob import unwrap_gpt
 from r1mega.training.rl_batch import Trajectory
 from r1mega.training.rl_collect import RolloutCollector
 from r1mega.training.rl_loss import RLLoss
+from r1mega.training.routing_replay import replay_overrides
 from r1mega.training.trainer_common import find_metrics_source, trainer_config_overrides
 
 __all__ = ["RLTrainer"]
@@ -99,7 +100,7 @@ class RLTrainer:
         self.multiple = pad_multiple(self.rl.pad_to_multiple, self.cfg.parallel.tp, self.cfg.parallel.sequence_parallel)
         self.is_last_stage = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
         dtype = torch.bfloat16 if self.rl.params_dtype == "bfloat16" else torch.float32
-        overrides = trainer_config_overrides(self.cfg)
+        overrides = {**trainer_config_overrides(self.cfg), **replay_overrides(self.cfg)}
         self._start_engines_and_rewards()  # before megatron allocates (SGLang starts, then releases)
         chunks = build_model(self.cfg.model, self.cfg.parallel, params_dtype=dtype, config_overrides=overrides)
         if init_fn is not None:

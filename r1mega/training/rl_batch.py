@@ -78,11 +78,32 @@ def make_rl_microbatch(items: Sequence[Trajectory], pad_id: int, multiple: int =
         "advantages": torch.tensor([t.advantage for t in items], dtype=torch.float32),  # [b]
         "index": torch.tensor([t.index for t in items], dtype=torch.long),  # [b]
     }
+    routed = [t.extra.get("routed_experts") for t in items]
+    if all(r is not None for r in routed):
+        batch["routed_experts"] = _routed_experts(items, routed, width)
     if old is not None:
         batch["old_logp"] = old
     if ref is not None:
         batch["ref_logp"] = ref
     return batch
+
+
+def _routed_experts(items: Sequence[Trajectory], routed: list, width: int) -> torch.Tensor:
+    """[b, s, layers, top_k] experts per position for routing replay: the engine's rows for the
+    positions it fed (prompt + response - 1); the last token and padding, whose outputs no loss
+    reads, take experts 0..top_k-1 (any valid choice gives the same loss)."""
+    first = routed[0]
+    layers, top_k = first.shape[1], first.shape[2]
+    out = torch.arange(top_k, dtype=torch.int32).expand(len(items), width, layers, top_k).clone()
+    for row, (t, r) in enumerate(zip(items, routed)):
+        fed = t.length - 1
+        if tuple(r.shape) != (fed, layers, top_k):
+            raise ValueError(
+                f"trajectory {t.index}: routed_experts {tuple(r.shape)}, expected {(fed, layers, top_k)} "
+                "(prompt + response - 1 tokens)"
+            )
+        out[row, :fed] = r  # dense layers' columns stay -1: a router that finds one there raises
+    return out
 
 
 def build_rl_microbatches(

@@ -151,7 +151,8 @@ class RolloutCollector:
                 reward=r,
                 index=i,
                 extra={"text": s.response_text, "finish": s.finish_reason, "scores": sc,
-                       "prompt": ex.prompt_text, "answer": ex.reference.get("answer")},
+                       "prompt": ex.prompt_text, "answer": ex.reference.get("answer"),
+                       **({"routed_experts": s.metadata["routed_experts"]} if "routed_experts" in s.metadata else {})},
             )
             for i, (s, ex, sc, r) in enumerate(kept)
         ]

@@ -25,6 +25,7 @@ from r1mega.training.batching import dp_share
 from r1mega.training.megatron_step import forward_backward
 from r1mega.training.policy_logprob import hidden_states_forward, response_logprobs, unwrap_gpt
 from r1mega.training.rl_batch import Trajectory, build_rl_microbatches
+from r1mega.training.routing_replay import with_routing_replay
 
 __all__ = ["RLLoss"]
 
@@ -55,6 +56,8 @@ class RLLoss:
         self.dp_rank = dp_rank
         self.dp_size = dp_size
         self.is_last_stage = is_last_stage
+        # with routing replay, every forward (old/ref log-probs, training) takes the rollout's experts
+        self.forward_fn = with_routing_replay(_forward_keeping_model) if cfg.rollout.routing_replay else _forward_keeping_model
 
     def train_on(self, trajectories: list[Trajectory], stats: dict) -> tuple[dict[str, float], float]:
         """Prepare (log-probs, advantages) and run the updates of one step; (metrics, seconds)."""
@@ -107,7 +110,7 @@ class RLLoss:
             out = forward_backward(
                 chunks, mbs, loss_fn, seq_length=max(mb["tokens"].shape[1] for mb in mbs),
                 micro_batch_size=max(mb["tokens"].shape[0] for mb in mbs), forward_only=True,
-                forward_fn=_forward_keeping_model,
+                forward_fn=self.forward_fn,
             )
         finally:
             for c, t in zip(chunks, was_training):
@@ -216,7 +219,7 @@ class RLLoss:
             self.model, mbs, self._loss_fn(measure_mismatch),
             seq_length=max(mb["tokens"].shape[1] for mb in mbs),
             micro_batch_size=max(mb["tokens"].shape[0] for mb in mbs),
-            forward_fn=_forward_keeping_model,
+            forward_fn=self.forward_fn,
         )
         ok, grad_norm, _ = self.optimizer.step()
         if not ok:

@@ -61,6 +61,7 @@ class JobEngine:
                     cfg.rollout, model_path=str(directory), base_gpu_id=torch.cuda.current_device(),
                     seed=cfg.run.seed + groups.engine,
                     dtype="bfloat16" if cfg.rl.params_dtype == "bfloat16" else "float32",
+                    routing_shape=(cfg.model.num_layers, cfg.model.moe_router_topk),
                 )
             keep = expert_filter(cfg.rollout.tp, cfg.rollout.ep, cfg.model.num_experts)
             return cls(local, groups, sglang_keep=keep)
