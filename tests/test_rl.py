@@ -135,6 +135,31 @@ def test_job_logs_every_metric_and_the_engine_matches_the_trainer(tp1_run, start
     assert os.path.isdir(f"{run_dir}/checkpoints/iter_0000003")
 
 
+def test_step_profile_adds_up_to_the_measured_step(tp1_run, start_weights):
+    from r1mega.training.step_profile import PHASES, profile_keys
+
+    rows = tp1_run["rows"]
+    steps = [r for r in rows if r["step"] > 0]
+    for prev, row in zip(rows, steps):
+        parts = sum(row[f"time/{p}"] for p in PHASES) + row["time/other"]
+        assert abs(parts - row["time/step"]) < 1e-6, (row["step"], parts, row["time/step"])
+        # measured independently: the wall clock between two metrics rows (written to the ms)
+        between = row["time"] - prev["time"]
+        assert abs(between - row["time/step"]) < 0.05 + 0.02 * between, (row["step"], between, row["time/step"])
+        # the named phases hold the step: what no phase claims is small
+        assert row["time/other"] < 0.2 * row["time/step"], row
+        for p in ("generate", "reward", "fwd_bwd", "optimizer", "sync", "bookkeeping"):
+            assert row[f"time/{p}"] > 0, p
+    assert steps[-1]["time/eval"] > 0 and steps[0]["time/eval"] == 0  # evaluation only at step 3
+    run_dir = f"{start_weights}/tp1"
+    profile = [json.loads(x) for x in open(f"{run_dir}/profile.jsonl").read().splitlines()]
+    assert [(r["step"], r["rank"]) for r in profile] == [(1, 0), (2, 0), (3, 0)]
+    assert all(set(profile_keys()) <= set(r) for r in profile)
+    import os
+
+    assert os.path.exists(f"{run_dir}/profile.png")
+
+
 def test_a_single_update_per_batch_has_ratio_one(tp1_run):
     rows = [r for r in tp1_run["rows"] if r["step"] > 0]
     # after the first update, steps still sample at the synced weights (mismatch ~0 above) and the
@@ -177,6 +202,12 @@ def test_dp2_matches_one_process_step_for_step(tp1_run, start_weights):
     for a, b in zip(tp1, dp2, strict=True):
         assert a["reward/mean"] == b["reward/mean"]
         assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * max(1.0, a["grad_norm"])
+    # every rank's step profile, each adding up
+    profile = [json.loads(x) for x in open(f"{start_weights}/dp2/profile.jsonl").read().splitlines()]
+    assert sorted((r["step"], r["rank"]) for r in profile) == [(s, k) for s in (1, 2, 3) for k in (0, 1)]
+    for r in profile:
+        parts = sum(v for k, v in r.items() if k.startswith("time/") and k != "time/step")
+        assert abs(parts - r["time/step"]) < 1e-4 and r["time/fwd_bwd"] > 0
 
 
 def test_bad_rl_layouts_are_refused():
