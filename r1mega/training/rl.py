@@ -99,6 +99,10 @@ class RLTrainer:
         self.dp_size = parallel_state.get_data_parallel_world_size()
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.rl.check_layout(self.dp_size, self.algo.group_size, self.algo.updates_per_batch)
+        if self.rl.share_prompts:
+            from r1mega.training.shared_prompt import check_supported
+
+            check_supported(self.cfg)
         self.multiple = pad_multiple(self.rl.pad_to_multiple, self.cfg.parallel.tp, self.cfg.parallel.sequence_parallel)
         self.is_last_stage = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
         dtype = torch.bfloat16 if self.rl.params_dtype == "bfloat16" else torch.float32

@@ -79,6 +79,13 @@ class RLLoss:
     # ----------------------------------------------------------------------------------------------
 
     def _microbatches(self, items: Sequence[Trajectory]) -> list[dict]:
+        if self.rl.share_prompts:
+            from r1mega.training.shared_prompt import build_shared_prompt_microbatches
+
+            return build_shared_prompt_microbatches(
+                items, pad_id=self.pad_id, micro_batch_size=self.rl.micro_batch_size,
+                micro_batch_tokens=self.rl.micro_batch_tokens, multiple=self.multiple,
+            )
         return build_rl_microbatches(
             items,
             pad_id=self.pad_id,
