@@ -213,10 +213,21 @@ class BuiltinEngine:
         return samples
 
     def _generate_batch(self, prompts, sampling, stopper, generators):
-        """Prefill then decode one micro-batch; returns (tokens, log-probs, finish reason) per prompt."""
-        input_ids, mask, positions = self._left_pad(prompts)
+        """Prefill then decode one micro-batch; returns (tokens, log-probs, finish reason) per prompt.
+
+        Identical prompts (a GRPO group's samples) are prefilled once: the distinct prompts go
+        through the model, then their KV-cache rows, logits, mask and positions are copied to every
+        sample that shares them, so a group of G samples costs one prompt forward, not G."""
+        distinct: dict[tuple, int] = {}
+        owner = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]  # sample -> distinct row
+        unique = [list(k) for k in distinct]
+        input_ids, mask, positions = self._left_pad(unique)
         cache = DynamicCache(config=self.model.config)
-        logits = self._prefill(input_ids, mask, positions, cache)  # [batch, vocab]
+        logits = self._prefill(input_ids, mask, positions, cache)  # [distinct, vocab]
+        if len(unique) < len(prompts):
+            rows = torch.tensor(owner, device=self.device)  # [batch]
+            cache.batch_select_indices(rows)
+            logits, mask, positions = logits[rows], mask[rows], positions[rows]  # [batch, ...]
         next_pos = positions[:, -1] + 1  # [batch]
         running = list(range(len(prompts)))  # position in the batch -> prompt index
         tokens_out = [[] for _ in prompts]
