@@ -233,11 +233,14 @@ def test_bad_rl_layouts_are_refused():
           "rewards.task_accuracy.arithmetic=tests._reward_fns:even_length_is_right"],
          ("groups_kept", "reward/overlong_penalty")),
         (["algorithm.name=reinforce++", "algorithm.kl_in=reward", "algorithm.kl_type=k1"], ("kl_reward_penalty",)),
+        # shared-prompt rows in every pass: old and reference log-probs, the updates, the mismatch check
+        (["algorithm.name=grpo", "rl.share_prompts=true", "algorithm.kl_coef=0.01", "algorithm.updates_per_batch=2",
+          "rl.micro_batch_size=3"], ("kl", "logprob_s")),
     ],
-    ids=["grpo-kl-2updates", "dapo", "reinforce++-kl-in-reward"],
+    ids=["grpo-kl-2updates", "dapo", "reinforce++-kl-in-reward", "grpo-shared-prompts"],
 )
 def test_algorithm_paths_run_and_report(start_weights, overrides, expect):
-    name = overrides[0].split("=")[1].replace("+", "p")
+    name = overrides[0].split("=")[1].replace("+", "p") + ("_shared" if "rl.share_prompts=true" in overrides else "")
     (res,) = run_distributed(
         _rl_fns.run_job, 1, start_weights,
         [f"checkpoint.init_from={start_weights}/start", f"run.name=alg_{name}", "rl.steps=2",
