@@ -272,3 +272,20 @@ def test_resume_reproduces_the_uninterrupted_run(tp1_run, start_weights):
     assert third[0]["reward/mean"] == want["reward/mean"]
     assert third[0]["response_length/mean"] == want["response_length/mean"]
     assert abs(third[0]["grad_norm"] - want["grad_norm"]) < 1e-5 * max(1.0, want["grad_norm"])
+
+
+@pytest.mark.dist
+def test_shared_prompt_rows_dp2_and_tp2_match_one_process(start_weights):
+    common = [f"checkpoint.init_from={start_weights}/start", "rl.steps=2", "rl.eval_every=-1", "rl.share_prompts=true",
+              "checkpoint.save_every=0", "checkpoint.save_at_end=false"]
+    (one,) = run_distributed(_rl_fns.run_job, 1, start_weights, [*common, "run.name=shared1"], timeout=600)
+    ref = [r for r in one["rows"] if r["step"] > 0]
+    for name, layout in (("shared_dp2", []), ("shared_tp2", ["parallel.tp=2"])):
+        per_rank = run_distributed(_rl_fns.run_job, 2, start_weights, [*common, f"run.name={name}", *layout],
+                                   timeout=900)
+        rows = [r for r in per_rank[0]["rows"] if r["step"] > 0]
+        for a, b in zip(ref, rows, strict=True):
+            assert a["reward/mean"] == b["reward/mean"], name
+            assert abs(a["loss"] - b["loss"]) < 1e-5, (name, a["loss"], b["loss"])
+            assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * max(1.0, a["grad_norm"]), name
+            assert b["mismatch/mean_abs"] < 1e-5, name
