@@ -59,8 +59,10 @@ setup(
         # triton runs the kernels under TRITON_INTERPRET=1 in the CPU tests; the kernels use its
         # language internals, so up to the newest release they were tested on.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "triton>=3.4,<3.10"],
-        # Benchmark comparison only (python -m r1mega.kernels.bench logprob); never imported otherwise.
-        "bench": ["liger-kernel>=0.5"],
+        # Benchmark comparisons only, never imported by r1mega itself: liger-kernel for
+        # `python -m r1mega.kernels.bench logprob`; TRL's GRPOTrainer for tools/bench_peer.py (pinned:
+        # the peer benchmark is matched to this release's GRPOConfig; locked in lock-cpu.txt).
+        "bench": ["liger-kernel>=0.5", "trl==1.16.0"],
         "dev": ["ruff>=0.6", "pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "triton>=3.4,<3.10"],
     },
     entry_points={"console_scripts": ["r1mega=r1mega.cli:main"]},

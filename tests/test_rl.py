@@ -135,6 +135,31 @@ def test_job_logs_every_metric_and_the_engine_matches_the_trainer(tp1_run, start
     assert os.path.isdir(f"{run_dir}/checkpoints/iter_0000003")
 
 
+def test_step_profile_adds_up_to_the_measured_step(tp1_run, start_weights):
+    from r1mega.training.step_profile import PHASES, profile_keys
+
+    rows = tp1_run["rows"]
+    steps = [r for r in rows if r["step"] > 0]
+    for prev, row in zip(rows, steps):
+        parts = sum(row[f"time/{p}"] for p in PHASES) + row["time/other"]
+        assert abs(parts - row["time/step"]) < 1e-6, (row["step"], parts, row["time/step"])
+        # measured independently: the wall clock between two metrics rows (written to the ms)
+        between = row["time"] - prev["time"]
+        assert abs(between - row["time/step"]) < 0.05 + 0.02 * between, (row["step"], between, row["time/step"])
+        # the named phases hold the step: what no phase claims is small
+        assert row["time/other"] < 0.2 * row["time/step"], row
+        for p in ("generate", "reward", "fwd_bwd", "optimizer", "sync", "bookkeeping"):
+            assert row[f"time/{p}"] > 0, p
+    assert steps[-1]["time/eval"] > 0 and steps[0]["time/eval"] == 0  # evaluation only at step 3
+    run_dir = f"{start_weights}/tp1"
+    profile = [json.loads(x) for x in open(f"{run_dir}/profile.jsonl").read().splitlines()]
+    assert [(r["step"], r["rank"]) for r in profile] == [(1, 0), (2, 0), (3, 0)]
+    assert all(set(profile_keys()) <= set(r) for r in profile)
+    import os
+
+    assert os.path.exists(f"{run_dir}/profile.png")
+
+
 def test_a_single_update_per_batch_has_ratio_one(tp1_run):
     rows = [r for r in tp1_run["rows"] if r["step"] > 0]
     # after the first update, steps still sample at the synced weights (mismatch ~0 above) and the
@@ -177,6 +202,12 @@ def test_dp2_matches_one_process_step_for_step(tp1_run, start_weights):
     for a, b in zip(tp1, dp2, strict=True):
         assert a["reward/mean"] == b["reward/mean"]
         assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * max(1.0, a["grad_norm"])
+    # every rank's step profile, each adding up
+    profile = [json.loads(x) for x in open(f"{start_weights}/dp2/profile.jsonl").read().splitlines()]
+    assert sorted((r["step"], r["rank"]) for r in profile) == [(s, k) for s in (1, 2, 3) for k in (0, 1)]
+    for r in profile:
+        parts = sum(v for k, v in r.items() if k.startswith("time/") and k != "time/step")
+        assert abs(parts - r["time/step"]) < 1e-4 and r["time/fwd_bwd"] > 0
 
 
 def test_bad_rl_layouts_are_refused():
@@ -202,11 +233,14 @@ def test_bad_rl_layouts_are_refused():
           "rewards.task_accuracy.arithmetic=tests._reward_fns:even_length_is_right"],
          ("groups_kept", "reward/overlong_penalty")),
         (["algorithm.name=reinforce++", "algorithm.kl_in=reward", "algorithm.kl_type=k1"], ("kl_reward_penalty",)),
+        # shared-prompt rows in every pass: old and reference log-probs, the updates, the mismatch check
+        (["algorithm.name=grpo", "rl.share_prompts=true", "algorithm.kl_coef=0.01", "algorithm.updates_per_batch=2",
+          "rl.micro_batch_size=3"], ("kl", "logprob_s")),
     ],
-    ids=["grpo-kl-2updates", "dapo", "reinforce++-kl-in-reward"],
+    ids=["grpo-kl-2updates", "dapo", "reinforce++-kl-in-reward", "grpo-shared-prompts"],
 )
 def test_algorithm_paths_run_and_report(start_weights, overrides, expect):
-    name = overrides[0].split("=")[1].replace("+", "p")
+    name = overrides[0].split("=")[1].replace("+", "p") + ("_shared" if "rl.share_prompts=true" in overrides else "")
     (res,) = run_distributed(
         _rl_fns.run_job, 1, start_weights,
         [f"checkpoint.init_from={start_weights}/start", f"run.name=alg_{name}", "rl.steps=2",
@@ -238,3 +272,20 @@ def test_resume_reproduces_the_uninterrupted_run(tp1_run, start_weights):
     assert third[0]["reward/mean"] == want["reward/mean"]
     assert third[0]["response_length/mean"] == want["response_length/mean"]
     assert abs(third[0]["grad_norm"] - want["grad_norm"]) < 1e-5 * max(1.0, want["grad_norm"])
+
+
+@pytest.mark.dist
+def test_shared_prompt_rows_dp2_and_tp2_match_one_process(start_weights):
+    common = [f"checkpoint.init_from={start_weights}/start", "rl.steps=2", "rl.eval_every=-1", "rl.share_prompts=true",
+              "checkpoint.save_every=0", "checkpoint.save_at_end=false"]
+    (one,) = run_distributed(_rl_fns.run_job, 1, start_weights, [*common, "run.name=shared1"], timeout=600)
+    ref = [r for r in one["rows"] if r["step"] > 0]
+    for name, layout in (("shared_dp2", []), ("shared_tp2", ["parallel.tp=2"])):
+        per_rank = run_distributed(_rl_fns.run_job, 2, start_weights, [*common, f"run.name={name}", *layout],
+                                   timeout=900)
+        rows = [r for r in per_rank[0]["rows"] if r["step"] > 0]
+        for a, b in zip(ref, rows, strict=True):
+            assert a["reward/mean"] == b["reward/mean"], name
+            assert abs(a["loss"] - b["loss"]) < 1e-5, (name, a["loss"], b["loss"])
+            assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * max(1.0, a["grad_norm"]), name
+            assert b["mismatch/mean_abs"] < 1e-5, name

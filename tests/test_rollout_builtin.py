@@ -151,6 +151,19 @@ def test_seeded_sampling_is_reproducible_and_batch_independent():
     assert [s.response_token_ids for s in first] != [s.response_token_ids for s in second]
 
 
+def test_repeated_prompts_prefilled_once_sample_as_if_prefilled_alone():
+    # GRPO groups: samples of one prompt share its prefill (one forward per distinct prompt)
+    distinct = random_prompts((6, 3, 9), seed=15)
+    prompts = [distinct[i] for i in (0, 1, 0, 2, 1, 0, 2, 2)]
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=16)
+    shared = make_engine(seed=12, max_batch_size=8).generate(prompts, params)
+    alone = make_engine(seed=12, max_batch_size=1).generate(prompts, params)  # no row can share
+    assert [s.response_token_ids for s in shared] == [s.response_token_ids for s in alone]
+    for a, b in zip(alone, shared):
+        torch.testing.assert_close(b.response_logprobs, a.response_logprobs, atol=1e-5, rtol=0)
+    assert len({tuple(s.response_token_ids) for s in shared}) > 3  # not one sample copied around
+
+
 def _greedy_reference(engine, prompt, steps=20):
     return greedy_no_cache(engine.model, prompt, steps)
 

@@ -169,6 +169,7 @@ def test_microbatch_layout_and_bad_records():
         (["model=models/tiny_qwen2.yaml"], "no MoE layers"),
         (["parallel.recompute_granularity=full"], "full recompute"),
         (["parallel.recompute_granularity=selective", "parallel.recompute_modules=[moe]"], "contains 'moe'"),
+        (["rl.share_prompts=true"], "share_prompts"),
     ],
 )
 def test_configurations_replay_cannot_honour_are_refused(overrides, message):

@@ -76,7 +76,10 @@ def build_prompt_examples(
         return []
     # Chat templates write their own BOS; plain text gets the tokenizer's usual special tokens.
     add_special = cfg.template != "chat"
-    all_ids = tokenizer([t for _, t in rendered], add_special_tokens=add_special)["input_ids"]
+    # each distinct text once: procedural tasks repeat problems (the tiny default: ~1000 in 8000 rows)
+    distinct = list(dict.fromkeys(t for _, t in rendered))
+    ids_of = dict(zip(distinct, tokenizer(distinct, add_special_tokens=add_special)["input_ids"], strict=True))
+    all_ids = [ids_of[t] for _, t in rendered]
     examples = []
     for (row, text), ids in zip(rendered, all_ids, strict=True):
         if len(ids) > cfg.max_prompt_tokens:

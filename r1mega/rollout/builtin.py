@@ -221,11 +221,22 @@ class BuiltinEngine:
 
     def _generate_batch(self, prompts, sampling, stopper, generators):
         """Prefill then decode one micro-batch; returns (tokens, log-probs, finish reason, routed
-        experts or None) per prompt."""
-        input_ids, mask, positions = self._left_pad(prompts)
+        experts or None) per prompt.
+
+        Identical prompts (a GRPO group's samples) are prefilled once: the distinct prompts go
+        through the model, then their KV-cache rows, logits, mask and positions are copied to every
+        sample that shares them, so a group of G samples costs one prompt forward, not G."""
+        distinct: dict[tuple, int] = {}
+        owner = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]  # sample -> distinct row
+        unique = [list(k) for k in distinct]
+        input_ids, mask, positions = self._left_pad(unique)
         cache = DynamicCache(config=self.model.config)
-        prefill_routes: list[torch.Tensor] = []  # [batch, chunk, layers, top_k] per prefill chunk
-        logits = self._prefill(input_ids, mask, positions, cache, routes=prefill_routes)  # [batch, vocab]
+        prefill_routes: list[torch.Tensor] = []  # [distinct, chunk, layers, top_k] per prefill chunk
+        logits = self._prefill(input_ids, mask, positions, cache, routes=prefill_routes)  # [distinct, vocab]
+        if len(unique) < len(prompts):
+            rows = torch.tensor(owner, device=self.device)  # [batch]
+            cache.batch_select_indices(rows)
+            logits, mask, positions = logits[rows], mask[rows], positions[rows]  # [batch, ...]
         decode_routes: list[list[torch.Tensor]] = [[] for _ in prompts]  # per prompt: [1, layers, top_k] per step
         next_pos = positions[:, -1] + 1  # [batch]
         running = list(range(len(prompts)))  # position in the batch -> prompt index
@@ -264,11 +275,11 @@ class BuiltinEngine:
             next_pos = next_pos + 1
         routed: list[Optional[torch.Tensor]] = [None] * len(prompts)
         if self._routing is not None:
-            full = torch.cat(prefill_routes, dim=1)  # [batch, width, layers, top_k]; left-padded
+            full = torch.cat(prefill_routes, dim=1)  # [distinct, width, layers, top_k]; left-padded
             width = full.shape[1]
             for i, p in enumerate(prompts):
                 # prompt positions, then every fed response token: prompt + response - 1 rows
-                routed[i] = torch.cat([full[i, width - len(p):], *decode_routes[i]], dim=0)
+                routed[i] = torch.cat([full[owner[i], width - len(p):], *decode_routes[i]], dim=0)
         return list(zip(tokens_out, logprobs_out, reasons, routed))
 
     # -- teacher forcing -----------------------------------------------------------------------

@@ -37,6 +37,7 @@ __all__ = [
     "LoggingConfig",
     "MetricsLogger",
     "plot_metrics",
+    "plot_profile",
     "read_metrics",
     "share_metrics",
     "is_logging_rank",
@@ -317,4 +318,44 @@ def plot_metrics(
     tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, format="png", dpi=100)
     os.replace(tmp, path)  # a reader never sees a half-written image
+    return path
+
+
+def plot_profile(rows: list[Mapping[str, Any]], path: str | os.PathLike, *, phases: list[str]) -> Optional[Path]:
+    """Step-time profile (rows of profile.jsonl: step, rank, time/<phase>): rank 0's phases stacked
+    per step, and each rank's mean seconds per phase. Written atomically; None without rows."""
+    if not rows:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ranks = sorted({int(r["rank"]) for r in rows})
+    first = [r for r in rows if int(r["rank"]) == ranks[0]]
+    steps = [int(r["step"]) for r in first]
+    fig = Figure(figsize=(12, 4.2))
+    FigureCanvasAgg(fig)
+    ax_steps, ax_ranks = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1]})
+    colors = {p: f"C{i % 10}" for i, p in enumerate(phases)}
+    ax_steps.stackplot(steps, [[float(r.get(f"time/{p}", 0.0)) for r in first] for p in phases],
+                       labels=phases, colors=[colors[p] for p in phases], alpha=0.85)
+    ax_steps.set_title(f"seconds per step, rank {ranks[0]} (phases stacked)")
+    ax_steps.set_xlabel("step")
+    ax_steps.grid(alpha=0.3)
+    ax_steps.legend(loc="upper left", fontsize=7, ncol=3)
+    bottoms = [0.0] * len(ranks)
+    for p in phases:
+        means = []
+        for rank in ranks:
+            mine = [float(r.get(f"time/{p}", 0.0)) for r in rows if int(r["rank"]) == rank]
+            means.append(sum(mine) / max(len(mine), 1))
+        ax_ranks.bar([str(r) for r in ranks], means, bottom=bottoms, color=colors[p], label=p)
+        bottoms = [b + m for b, m in zip(bottoms, means)]
+    ax_ranks.set_title("mean seconds per step, by rank")
+    ax_ranks.set_xlabel("rank")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    os.replace(tmp, path)
     return path

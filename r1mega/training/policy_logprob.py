@@ -46,7 +46,12 @@ def hidden_states_forward(model, batch: dict) -> torch.Tensor:
     if getattr(gpt.config, "mtp_num_layers", None):
         raise ValueError("model.mtp_num_layers: the RL trainer does not train multi-token-prediction heads")
     ctx = _stop_before_output_layer(gpt) if gpt.post_process else contextlib.nullcontext()
-    with ctx:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(ctx)
+        if batch.get("rope_positions"):  # shared-prompt rows: rotary embeddings at position_ids
+            from r1mega.training.shared_prompt import rope_at_positions
+
+            stack.enter_context(rope_at_positions(gpt, batch["position_ids"]))
         return model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"))
 
 
@@ -85,7 +90,9 @@ def response_logprobs(
         hidden = gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=True)  # [s, b, h]
     pos = batch["resp_pos"]  # [b, L]
     b, length = pos.shape
-    rows = hidden[pos, torch.arange(b).unsqueeze(1).expand(b, length)]  # [b, L, h]
+    # the hidden-state row of each response: its own, or (shared-prompt rows) the row it shares
+    row = batch["resp_row"] if "resp_row" in batch else torch.arange(b, device=pos.device)  # [b]
+    rows = hidden[pos, row.unsqueeze(1).expand(b, length)]  # [b, L, h]
     targets = batch["resp_targets"].reshape(-1)  # [b * L]
     out = fused_logprob(
         rows.reshape(b * length, -1),

@@ -39,6 +39,7 @@ from r1mega.training.rl_batch import Trajectory
 from r1mega.training.rl_collect import RolloutCollector
 from r1mega.training.rl_loss import RLLoss
 from r1mega.training.routing_replay import replay_overrides
+from r1mega.training.step_profile import StepProfile
 from r1mega.training.trainer_common import find_metrics_source, trainer_config_overrides
 
 __all__ = ["RLTrainer"]
@@ -73,6 +74,8 @@ class RLTrainer:
         self.collector: Optional[RolloutCollector] = None
         self.loss: Optional[RLLoss] = None
         self._plan = None
+        self.profile = StepProfile()
+        """Per-step phase times (step_profile.py), logged as time/<phase>; every rank's in profile.jsonl."""
 
     # ----------------------------------------------------------------------------------------------
     # set-up
@@ -97,6 +100,10 @@ class RLTrainer:
         self.dp_size = parallel_state.get_data_parallel_world_size()
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.rl.check_layout(self.dp_size, self.algo.group_size, self.algo.updates_per_batch)
+        if self.rl.share_prompts:
+            from r1mega.training.shared_prompt import check_supported
+
+            check_supported(self.cfg)
         self.multiple = pad_multiple(self.rl.pad_to_multiple, self.cfg.parallel.tp, self.cfg.parallel.sequence_parallel)
         self.is_last_stage = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
         dtype = torch.bfloat16 if self.rl.params_dtype == "bfloat16" else torch.float32
@@ -115,7 +122,7 @@ class RLTrainer:
         self.loss = RLLoss(
             self.cfg, self.algo, model=self.model, ref_model=self.ref_model, optimizer=self.optimizer,
             scheduler=self.scheduler, pad_id=self.pad_id, multiple=self.multiple, dp_rank=self.dp_rank,
-            dp_size=self.dp_size, is_last_stage=self.is_last_stage,
+            dp_size=self.dp_size, is_last_stage=self.is_last_stage, profile=self.profile,
         )
         self._plan = export_plan([unwrap_gpt(c) for c in self.model], self.cfg.model)
         self._metrics_src = find_metrics_source(self.is_last_stage, self.dp_rank)
@@ -142,6 +149,7 @@ class RLTrainer:
             prompts_per_step=self.rl.prompts_per_step,
             run_seed=self.cfg.run.seed,
             batch_unit=self.dp_size * self.algo.updates_per_batch,
+            profile=self.profile,
         )
 
     def close(self) -> None:
@@ -164,6 +172,10 @@ class RLTrainer:
     def sync_weights(self, version: int) -> dict[str, float]:
         """Stream the policy's weights into every engine (a collective); sync_s, sync_bytes, ...
         `version`: optimizer steps the weights have seen (SGLang checks it on every response)."""
+        with self.profile.phase("sync"):
+            return self._sync_weights(version)
+
+    def _sync_weights(self, version: int) -> dict[str, float]:
         from r1mega.convert.export import export_hf_tensors
 
         start = time.perf_counter()
@@ -176,11 +188,10 @@ class RLTrainer:
 
     def train_step(self) -> dict[str, float]:
         """Rollout, preparation, updates and weight sync for one step; metrics on the metrics rank."""
-        import torch.distributed as dist
-
         start = time.perf_counter()
         trajectories, stats = self.collector.collect(self.step)  # a collective: the same batch on every rank
-        self.engine.after_rollout()  # SGLang gives its GPU memory back before training
+        with self.profile.phase("generate"):
+            self.engine.after_rollout()  # SGLang gives its GPU memory back before training
         metrics: dict[str, float] = {}
         if trajectories:
             metrics, stats["train_s"] = self.loss.train_on(trajectories, stats)  # rl_loss.py
@@ -189,9 +200,15 @@ class RLTrainer:
             metrics["skipped_update"] = 1.0
         stats.update(self.sync_weights(version=self.step + 1))
         if self.algo.ref_refresh_every and (self.step + 1) % self.algo.ref_refresh_every == 0:
-            self._copy_into_reference(self.model)
+            with self.profile.phase("sync"):  # the reference takes the policy's weights
+                self._copy_into_reference(self.model)
             self.ref_refreshed_at = self.step + 1
-        elapsed = time.perf_counter() - start
+        with self.profile.phase("bookkeeping"):
+            return self._step_metrics(trajectories, stats, metrics, time.perf_counter() - start)
+
+    def _step_metrics(self, trajectories, stats: dict, metrics: dict, elapsed: float) -> dict[str, float]:
+        import torch.distributed as dist
+
         metrics.update({k: v for k, v in stats.items() if k != "generated_tokens"})
         metrics["step_s"] = elapsed
         metrics["throughput/generated_tokens_per_s"] = stats["generated_tokens"] / max(stats["rollout_s"], 1e-9)
@@ -220,7 +237,8 @@ class RLTrainer:
         """Greedy accuracy / format and pass@1 on held-out prompts (a collective; see rl_eval.py)."""
         from r1mega.training.rl_eval import evaluate
 
-        return evaluate(self.engine, self.eval_prompts, self.cfg, self.tokenizer, self.run_dir, self.step, tag)
+        with self.profile.phase("eval"):
+            return evaluate(self.engine, self.eval_prompts, self.cfg, self.tokenizer, self.run_dir, self.step, tag)
 
     # ----------------------------------------------------------------------------------------------
     # the loop
@@ -237,6 +255,7 @@ class RLTrainer:
         starting evaluation under `start/...` keys when one was made."""
         from r1mega.configlib import to_dict
         from r1mega.training.logging import MetricsLogger, share_metrics
+        from r1mega.training.step_profile import ProfileLog
 
         last: dict[str, float] = {}
         start_eval: dict[str, float] = {}
@@ -247,20 +266,29 @@ class RLTrainer:
             if self.rl.eval_at_start and self.rl.eval_every >= 0 and self.step == 0:
                 start_eval = self.evaluate()
                 log.log(0, start_eval)
+            profile_log = ProfileLog(self.run_dir, start_step=self.step, enabled=log.enabled)
+            self.profile.begin()
             while self.step < self.total_steps:
                 metrics = self.train_step()
                 self.step += 1
                 # rollout statistics reach every rank with the trajectories; update metrics live on
                 # the last stage: the metrics source has both
-                last = share_metrics(metrics if self._is_metrics_source() else None, self._metrics_src)
+                with self.profile.phase("bookkeeping"):
+                    last = share_metrics(metrics if self._is_metrics_source() else None, self._metrics_src)
                 if self._eval_due():
                     last.update(self.evaluate())
+                last.update(profile_log.record(self.step, self.profile.end()))  # every rank's; rank 0's here
                 log.log(self.step, last)
+                self.profile.begin()  # the save below belongs to the next window
                 if "loss" in last and not math.isfinite(last["loss"]):
                     raise FloatingPointError(f"step {self.step}: loss is {last['loss']}")
-                if on_step_end is not None and on_step_end(self):
-                    break
+                if on_step_end is not None:
+                    with self.profile.phase("checkpoint"):
+                        stop = on_step_end(self)
+                    if stop:
+                        break
             log.plot()
+            profile_log.plot()
         return {**last, **{f"start/{k}": v for k, v in start_eval.items()}}
 
     def _is_metrics_source(self) -> bool:

@@ -20,6 +20,7 @@ import torch
 
 from r1mega.rollout.types import SamplingParams
 from r1mega.training.rl_batch import Trajectory
+from r1mega.training.step_profile import NULL_PROFILE, StepProfile
 
 __all__ = ["RolloutCollector", "dynamic_sampling_signal", "rollout_metrics"]
 
@@ -70,6 +71,7 @@ class RolloutCollector:
         prompts_per_step: int,
         run_seed: int,
         batch_unit: int,
+        profile: StepProfile = NULL_PROFILE,
     ):
         """`sampling_params(seed=...)` makes a request's SamplingParams (`rollout.sampling_params`);
         `batch_unit`: the kept sample count must be a multiple of it (DP size x updates per batch)."""
@@ -83,13 +85,16 @@ class RolloutCollector:
         self.prompts_per_step = prompts_per_step
         self.run_seed = run_seed
         self.batch_unit = batch_unit
+        self.profile = profile
 
     def _generate_groups(self, prompt_indices: list[int], seed: int) -> tuple[list, list, list]:
         """(samples, prompt examples, reward dicts) for group_size samples of each prompt."""
         g = self.algo.group_size
         examples = [self.prompts[i] for i in prompt_indices for _ in range(g)]
-        samples = self.engine.generate([ex.prompt_token_ids for ex in examples], self.sampling_params(seed=seed))
-        scores = self.rewards.score(samples, [ex.reference for ex in examples])
+        with self.profile.phase("generate"):
+            samples = self.engine.generate([ex.prompt_token_ids for ex in examples], self.sampling_params(seed=seed))
+        with self.profile.phase("reward"):
+            scores = self.rewards.score(samples, [ex.reference for ex in examples])
         return samples, examples, scores
 
     def collect(self, step: int) -> tuple[list[Trajectory], dict[str, float]]:
@@ -113,19 +118,20 @@ class RolloutCollector:
             seed = (self.run_seed * 1_000_003 + step * 97 + round_) % (2**31)
             samples, examples, scores = self._generate_groups(indices, seed)
             t1 = time.perf_counter()
-            if self.algo.dynamic_sampling:
-                keep = informative_groups(dynamic_sampling_signal(scores), g).tolist()
-            else:
-                keep = [True] * len(indices)
-            rewards = torch.tensor([s["reward"] for s in scores], dtype=torch.float64)
-            if self.algo.overlong_shaping:
-                lengths = torch.tensor([len(s.response_token_ids) for s in samples])
-                penalty = overlong_penalty(
-                    lengths, self.max_new_tokens, self.algo.overlong_buffer, self.algo.overlong_penalty
-                )
-                rewards = rewards + penalty.to(torch.float64)
-                for s, p in zip(scores, penalty.tolist()):
-                    s["overlong_penalty"] = p
+            with self.profile.phase("reward"):  # shaping and dynamic-sampling decisions
+                if self.algo.dynamic_sampling:
+                    keep = informative_groups(dynamic_sampling_signal(scores), g).tolist()
+                else:
+                    keep = [True] * len(indices)
+                rewards = torch.tensor([s["reward"] for s in scores], dtype=torch.float64)
+                if self.algo.overlong_shaping:
+                    lengths = torch.tensor([len(s.response_token_ids) for s in samples])
+                    penalty = overlong_penalty(
+                        lengths, self.max_new_tokens, self.algo.overlong_buffer, self.algo.overlong_penalty
+                    )
+                    rewards = rewards + penalty.to(torch.float64)
+                    for s, p in zip(scores, penalty.tolist()):
+                        s["overlong_penalty"] = p
             stats["rollout_s"] += t1 - t0
             stats["reward_s"] += time.perf_counter() - t1
             stats["generated_tokens"] += float(sum(len(s.response_token_ids) for s in samples))
@@ -138,24 +144,25 @@ class RolloutCollector:
                 if k:
                     for j in range(gi * g, (gi + 1) * g):
                         kept.append((samples[j], examples[j], scores[j], float(rewards[j])))
-        groups = min(len(kept) // g, want)
-        # every mini-batch must split evenly over DP ranks: drop surplus groups (dynamic sampling)
-        while groups > 0 and (groups * g) % self.batch_unit:
-            groups -= 1
-        kept = kept[: groups * g]
-        trajectories = [
-            Trajectory(
-                prompt_token_ids=list(s.prompt_token_ids),
-                response_token_ids=list(s.response_token_ids),
-                rollout_logprobs=list(s.response_logprobs),
-                reward=r,
-                index=i,
-                extra={"text": s.response_text, "finish": s.finish_reason, "scores": sc,
-                       "prompt": ex.prompt_text, "answer": ex.reference.get("answer"),
-                       **({"routed_experts": s.metadata["routed_experts"]} if "routed_experts" in s.metadata else {})},
-            )
-            for i, (s, ex, sc, r) in enumerate(kept)
-        ]
-        stats.update(rollout_metrics(all_samples, all_scores, all_rewards, g))
-        stats["groups_kept"] = float(groups)
+        with self.profile.phase("bookkeeping"):
+            groups = min(len(kept) // g, want)
+            # every mini-batch must split evenly over DP ranks: drop surplus groups (dynamic sampling)
+            while groups > 0 and (groups * g) % self.batch_unit:
+                groups -= 1
+            kept = kept[: groups * g]
+            trajectories = [
+                Trajectory(
+                    prompt_token_ids=list(s.prompt_token_ids),
+                    response_token_ids=list(s.response_token_ids),
+                    rollout_logprobs=list(s.response_logprobs),
+                    reward=r,
+                    index=i,
+                    extra={"text": s.response_text, "finish": s.finish_reason, "scores": sc,
+                           "prompt": ex.prompt_text, "answer": ex.reference.get("answer"),
+                           **({"routed_experts": s.metadata["routed_experts"]} if "routed_experts" in s.metadata else {})},
+                )
+                for i, (s, ex, sc, r) in enumerate(kept)
+            ]
+            stats.update(rollout_metrics(all_samples, all_scores, all_rewards, g))
+            stats["groups_kept"] = float(groups)
         return trajectories, stats

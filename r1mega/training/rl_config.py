@@ -26,6 +26,11 @@ class RLConfig:
     """Token budget of a microbatch (dynamic micro-batching): sequences x padded length stays within
     it, so short responses share a microbatch and long ones get their own. None: only
     micro_batch_size limits it."""
+    share_prompts: bool = False
+    """Train on shared-prompt rows: one prompt followed by all its sampled responses, each seeing the
+    prompt and itself (training/shared_prompt.py), so a group's prompt goes through the policy once.
+    Same loss and gradients up to float rounding; needs attention that takes a dense mask (megatron's
+    local spec: CPU, or GPUs without transformer-engine) and no context parallelism."""
     pad_to_multiple: int = 1
     """Pad each microbatch's length to a multiple of this (sequence parallelism adds tp)."""
     params_dtype: Literal["float32", "bfloat16"] = "float32"

@@ -26,6 +26,7 @@ from r1mega.training.megatron_step import forward_backward
 from r1mega.training.policy_logprob import hidden_states_forward, response_logprobs, unwrap_gpt
 from r1mega.training.rl_batch import Trajectory, build_rl_microbatches
 from r1mega.training.routing_replay import with_routing_replay
+from r1mega.training.step_profile import NULL_PROFILE, StepProfile
 
 __all__ = ["RLLoss"]
 
@@ -42,7 +43,7 @@ class RLLoss:
     """Log-probs, advantages and optimizer updates of the policy (see the module docstring)."""
 
     def __init__(self, cfg, algo, *, model: list, ref_model, optimizer, scheduler, pad_id: int, multiple: int,
-                 dp_rank: int, dp_size: int, is_last_stage: bool):
+                 dp_rank: int, dp_size: int, is_last_stage: bool, profile: StepProfile = NULL_PROFILE):
         self.cfg = cfg
         self.rl = cfg.rl
         self.algo = algo
@@ -58,6 +59,7 @@ class RLLoss:
         self.is_last_stage = is_last_stage
         # with routing replay, every forward (old/ref log-probs, training) takes the rollout's experts
         self.forward_fn = with_routing_replay(_forward_keeping_model) if cfg.rollout.routing_replay else _forward_keeping_model
+        self.profile = profile
 
     def train_on(self, trajectories: list[Trajectory], stats: dict) -> tuple[dict[str, float], float]:
         """Prepare (log-probs, advantages) and run the updates of one step; (metrics, seconds)."""
@@ -80,6 +82,13 @@ class RLLoss:
     # ----------------------------------------------------------------------------------------------
 
     def _microbatches(self, items: Sequence[Trajectory]) -> list[dict]:
+        if self.rl.share_prompts:
+            from r1mega.training.shared_prompt import build_shared_prompt_microbatches
+
+            return build_shared_prompt_microbatches(
+                items, pad_id=self.pad_id, micro_batch_size=self.rl.micro_batch_size,
+                micro_batch_tokens=self.rl.micro_batch_tokens, multiple=self.multiple,
+            )
         return build_rl_microbatches(
             items,
             pad_id=self.pad_id,
@@ -128,19 +137,25 @@ class RLLoss:
 
     def _prepare(self, items: list[Trajectory], stats: dict) -> None:
         """Old / reference log-probs (last stage), KL-in-reward, advantages (every rank)."""
+        mine = [items[i] for i in dp_share(list(range(len(items))), self.dp_rank, self.dp_size)]
+        t0 = time.perf_counter()
+        with self.profile.phase("logprob"):
+            if self.algo.updates_per_batch > 1:
+                for idx, lp in self._score_logprobs(self.model, mine).items():
+                    items[idx].old_logprobs = lp
+            if self.ref_model is not None:
+                for idx, lp in self._score_logprobs(self.ref_model, mine).items():
+                    items[idx].ref_logprobs = lp
+        stats["logprob_s"] = time.perf_counter() - t0
+        with self.profile.phase("bookkeeping"):
+            self._advantages(items, mine, stats)
+
+    def _advantages(self, items: list[Trajectory], mine: list[Trajectory], stats: dict) -> None:
+        """KL-in-reward (needs the reference log-probs) and advantages per group (every rank)."""
         import torch.distributed as dist
 
         from r1mega.algorithms import compute_advantages, kl_reward_penalty
 
-        mine = [items[i] for i in dp_share(list(range(len(items))), self.dp_rank, self.dp_size)]
-        t0 = time.perf_counter()
-        if self.algo.updates_per_batch > 1:
-            for idx, lp in self._score_logprobs(self.model, mine).items():
-                items[idx].old_logprobs = lp
-        if self.ref_model is not None:
-            for idx, lp in self._score_logprobs(self.ref_model, mine).items():
-                items[idx].ref_logprobs = lp
-        stats["logprob_s"] = time.perf_counter() - t0
         rewards = torch.tensor([t.reward for t in items], dtype=torch.float64)
         if self.algo.kl_in_reward:
             penalties: dict[int, float] = {}
@@ -210,22 +225,30 @@ class RLLoss:
 
     def _update(self, items: list[Trajectory], measure_mismatch: bool) -> dict[str, float]:
         """One optimizer step on one mini-batch (every DP rank passes the whole mini-batch)."""
-        mine = [items[i] for i in dp_share(list(range(len(items))), self.dp_rank, self.dp_size)]
-        mbs = self._microbatches(mine)
-        for chunk in self.model:
-            chunk.zero_grad_buffer()
-        self.optimizer.zero_grad()
-        out = forward_backward(
-            self.model, mbs, self._loss_fn(measure_mismatch),
-            seq_length=max(mb["tokens"].shape[1] for mb in mbs),
-            micro_batch_size=max(mb["tokens"].shape[0] for mb in mbs),
-            forward_fn=self.forward_fn,
-        )
-        ok, grad_norm, _ = self.optimizer.step()
-        if not ok:
-            logger.warning("optimizer step skipped (overflow)")
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step(increment=1)
+        with self.profile.phase("bookkeeping"):
+            mine = [items[i] for i in dp_share(list(range(len(items))), self.dp_rank, self.dp_size)]
+            mbs = self._microbatches(mine)
+        with self.profile.phase("fwd_bwd"):
+            for chunk in self.model:
+                chunk.zero_grad_buffer()
+            self.optimizer.zero_grad()
+            out = forward_backward(
+                self.model, mbs, self._loss_fn(measure_mismatch),
+                seq_length=max(mb["tokens"].shape[1] for mb in mbs),
+                micro_batch_size=max(mb["tokens"].shape[0] for mb in mbs),
+                forward_fn=self.forward_fn,
+            )
+        with self.profile.phase("optimizer"):
+            ok, grad_norm, _ = self.optimizer.step()
+            if not ok:
+                logger.warning("optimizer step skipped (overflow)")
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.scheduler.step(increment=1)
+        with self.profile.phase("bookkeeping"):
+            return self._update_metrics(out, lr, grad_norm, measure_mismatch)
+
+    def _update_metrics(self, out: list[dict], lr: float, grad_norm, measure_mismatch: bool) -> dict[str, float]:
+        """The update's metrics, summed (or maxed) over microbatches and DP ranks."""
         sums: dict[str, float] = {}
         maxes: dict[str, float] = {}
         for m in out:

@@ -40,6 +40,11 @@ def check_routing_replay(cfg) -> None:
             "rollout.routing_replay: parallel.recompute_modules contains 'moe' (the router is recomputed "
             "in the backward); drop it"
         )
+    if getattr(cfg.rl, "share_prompts", False):
+        raise ConfigError(
+            "rollout.routing_replay: rl.share_prompts packs a group's responses behind one prompt, a "
+            "layout the replayed experts are not laid out for; set rl.share_prompts=false"
+        )
     if par.cp > 1:
         raise ConfigError("rollout.routing_replay: context parallelism splits sequences in a way replay does not map yet")
 
