@@ -1,0 +1,178 @@
+"""Activation memory of one training step when the local (non-transformer-engine) layer spec runs:
+the spec r1mega builds on CPU and on any GPU without transformer-engine. Every term is a tensor that
+megatron-core 0.16.1's local-spec code path keeps for backward (or creates as a transient), named
+after the op that makes it; tests/test_plan_accuracy.py checks the sum against the storages really
+created (r1mega/plan/measure.py) on CPU.
+
+What is counted (bytes, on one rank, for one pipeline stage): the saved tensors of every
+microbatch in flight, the stage's input and output, the last stage's logits and the output layer's
+backward transients, and megatron's global "mpu" buffer that the local attention's `baddbmm`
+takes its (ignored) input from. Parameters, gradient buffers and optimizer state are not in it:
+they exist before the step and are counted by the planner's other lines.
+
+Dense models with megatron's local `DotProductAttention` only (llama, qwen2, qwen3); MoE and MLA
+layers (SDPA core attention, routers, token dispatch) are not modelled here, and the planner keeps
+its GPU formula for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from r1mega.models.config import ModelConfig
+from r1mega.parallel.config import ParallelConfig
+
+__all__ = ["StepShape", "local_spec_supported", "local_step_activation_bytes", "local_layer_saved_bytes"]
+
+
+@dataclass(frozen=True)
+class StepShape:
+    micro_batch_size: int
+    seq_length: int
+    num_microbatches: int
+    act_bytes: int = 4
+    """Bytes per activation element: the parameter dtype (4 for fp32, 2 for bf16)."""
+
+
+def local_spec_supported(m: ModelConfig) -> bool:
+    return not m.is_moe and not m.multi_latent_attention
+
+
+def local_layer_saved_bytes(m: ModelConfig, p: ParallelConfig, shape: StepShape, *, recompute: str) -> float:
+    """Bytes one transformer layer keeps for backward for one microbatch, local spec.
+
+    recompute: "none", "core_attn" (megatron's default selective recompute), or "full" (the layer
+    keeps only its input; see `local_step_activation_bytes` for the recompute transient).
+    """
+    a = shape.act_bytes
+    b, s = shape.micro_batch_size, shape.seq_length
+    tp = p.tp
+    sp = tp if p.sequence_parallel else 1
+    h = m.hidden_size
+    heads = m.num_attention_heads // tp
+    groups = (m.num_query_groups or m.num_attention_heads) // tp
+    hn = m.head_dim
+    q, kv = heads * hn, groups * hn
+    ffn = m.ffn_hidden_size // tp
+    t = b * s  # tokens of the microbatch (the whole sequence: attention and MLP see s, not s/tp)
+    t_sp = t // sp  # tokens of the norm / residual region under sequence parallelism
+    if recompute == "full":
+        # CheckpointFunction saves the layer input only (TransformerBlock._checkpointed_forward)
+        return a * t_sp * h
+    total = 0.0
+    # input_layernorm (torch RMSNorm): x * rsqrt(mean(x^2)) and its output (x * rsqrt * weight),
+    # rsqrt per token; the layer input x is counted as the previous layer's output
+    total += a * t_sp * (2 * h + 1)
+    # SelfAttention.get_query_key_value_tensors: mixed_qkv (linear_qkv's output) is split into
+    # views; it stays alive only while a view of it is saved: by the k norm (qk_layernorm), by core
+    # attention's bmm on the value (no GQA repeat when groups == heads), or by the core_attn
+    # recompute checkpoint, which saves its q, k, v inputs (v is always a view)
+    if m.qk_layernorm or groups == heads or recompute == "core_attn":
+        total += a * t * (q + 2 * kv)
+    if m.qk_layernorm:
+        # HeadNorm on q (input: the reshape copy) and k (a view of mixed_qkv): x * rsqrt and rsqrt
+        total += a * t * q  # the query reshape copy, saved as q_layernorm's input
+        total += a * t * (q + heads)  # q_layernorm: x * rsqrt, rsqrt per head
+        total += a * t * (kv + groups)  # k_layernorm: x * rsqrt, rsqrt per group
+    # apply_rotary_pos_emb (_apply_rotary_pos_emb_bshd): cos(freqs) * mscale and sin(freqs) * mscale
+    # of [s, 1, 1, hn] for q and for k; its output for q (torch.cat of rotate_half) is saved by the
+    # attention matmul
+    total += a * 4 * s * hn
+    total += a * t * q  # rotated query (saved by baddbmm, or by the core_attn checkpoint)
+    if recompute == "core_attn":
+        # CheckpointFunction around DotProductAttention saves its inputs: the rotated q (above),
+        # the rotated key (a new tensor) and the value view (mixed_qkv, above)
+        total += a * t * kv
+    else:
+        # DotProductAttention.forward: key/value repeat_interleave'd to all heads (copies) under
+        # GQA, else the rotated key (a new tensor) and the value view (mixed_qkv, counted above)
+        total += a * t * q if groups < heads else a * t * kv  # key
+        if groups < heads:
+            total += a * t * q  # value copy
+        # FusedScaleMaskSoftmax (unfused torch path): softmax output [b, heads, s, s], saved by the
+        # softmax backward and the context bmm; the causal mask (bool [s, s]) saved by masked_fill
+        total += a * b * heads * s * s + s * s
+    # context.permute(...).contiguous(): the core attention output, linear_proj's input
+    total += a * t * q
+    # residual add after attention (input of pre_mlp_layernorm), with its norm as above
+    total += a * t_sp * h + a * t_sp * (2 * h + 1)
+    # MLP with gated_linear_unit (mlp.py glu): linear_fc1 output [gate; up] (2F), silu(gate) (F),
+    # up + glu_linear_offset (a new tensor, F), their product (F: linear_fc2's input)
+    total += a * t * 5 * ffn
+    # residual add after the MLP: the layer output
+    total += a * t_sp * h
+    return total
+
+
+def local_step_activation_bytes(m: ModelConfig, p: ParallelConfig, shape: StepShape, *, stage: int = 0,
+                                stage_layers: int, last_stage: bool, in_flight: float) -> dict[str, float]:
+    """Peak bytes of one pipeline stage's step on the local spec, term by term (see module doc).
+
+    The peak is reached at the start of backward on the stage: every in-flight microbatch's saved
+    tensors are alive, plus (last stage) the loss's logits and the output layer's weight/input
+    gradients being computed. `in_flight`: microbatches whose activations the stage holds then.
+    """
+    a = shape.act_bytes
+    b, s = shape.micro_batch_size, shape.seq_length
+    sp = p.tp if p.sequence_parallel else 1
+    t_sp = b * s // sp
+    h = m.hidden_size
+    granularity = p.recompute_granularity
+    if granularity == "full":
+        recompute = "full"
+    elif granularity == "selective":
+        mods = set(p.recompute_modules or ["core_attn"])
+        if mods - {"core_attn"}:
+            raise ValueError(f"local activation model: selective recompute of {sorted(mods - {'core_attn'})} is not modelled")
+        recompute = "core_attn"
+    else:
+        recompute = "none"
+    layer = local_layer_saved_bytes(m, p, shape, recompute=recompute)
+    heads = m.num_attention_heads // p.tp
+    per_mb = (
+        stage_layers * layer
+        + a * t_sp * h  # the stage input: the embedding's transposed copy, or the received activation
+        + a * s * m.head_dim  # RotaryEmbedding.forward: the freqs table [s, hn] (torch.cat)
+    )
+    terms = {"saved activations": per_mb * in_flight}
+    if recompute == "full":
+        # in backward, one layer at a time is re-run with everything saved (the none-recompute set)
+        terms["recompute of one layer"] = local_layer_saved_bytes(m, p, shape, recompute="none")
+    # parallel_state's global memory buffer ("mpu"): baddbmm's input, [b * heads, s, s], made on
+    # first use and kept (DotProductAttention.forward)
+    terms["attention matmul buffer"] = a * b * heads * s * s
+    if last_stage:
+        vocab = m.padded_vocab_size(p.tp) // p.tp
+        t = b * s
+        # final_layernorm: x * rsqrt, output, rsqrt; output_layer (ColumnParallelLinear) logits
+        # [s, b, V/tp] in fp32 (the vocab-parallel cross entropy works in place on them)
+        terms["final norm + logits"] = a * t_sp * (2 * h + 1) + 4 * t * vocab
+        # output_layer backward (LinearWithGradAccumulationAndAsyncCommunication): grad of the
+        # weight [V/tp, h] and of the input [s, b, h] before the DDP hook adds the former to main_grad
+        terms["output layer backward"] = a * (vocab * h + t * h)
+    return terms
+
+
+def microbatches_in_flight(p: ParallelConfig, num_microbatches: int, pp_rank: int) -> float:
+    """Microbatches whose activations pipeline rank `pp_rank` holds when its first backward starts
+    (megatron's schedules): one without a pipeline (forward_backward_no_pipelining runs each
+    microbatch's backward right after its forward); pp - rank under 1F1B (its warm-up forwards plus
+    the current one); with virtual stages, the interleaved warm-up count in whole-rank units."""
+    if p.pp == 1:
+        return 1
+    vpp = p.vpp if (p.vpp or 1) > 1 else 1
+    if vpp == 1:
+        return min(p.pp - pp_rank, num_microbatches)
+    # get_schedule_table / forward_backward_pipelining_with_interleaving: warm-up chunk forwards
+    warm = min((p.pp - pp_rank - 1) * 2 + (vpp - 1) * p.pp + 1, num_microbatches * vpp)
+    return warm / vpp
+
+
+def local_rank_peak_bytes(m: ModelConfig, p: ParallelConfig, shape: StepShape, pp_rank: int) -> dict[str, float]:
+    """`local_step_activation_bytes` for pipeline rank `pp_rank` (its layers, its in-flight count)."""
+    from r1mega.plan.params import stage_layers
+
+    return local_step_activation_bytes(
+        m, p, shape, stage=pp_rank, stage_layers=len(stage_layers(m, p, pp_rank)),
+        last_stage=pp_rank == p.pp - 1, in_flight=microbatches_in_flight(p, shape.num_microbatches, pp_rank),
+    )
