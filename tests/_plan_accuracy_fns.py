@@ -7,10 +7,10 @@ import torch
 
 
 def measure(cases: list[dict], seed: int = 7) -> list[dict]:
-    """Per case (model, layout, micro_batch_size, seq_length, num_microbatches, model_overrides):
-    this rank's peak bytes of storages created during the step's forward_backward (activations
-    and transients; parameters, main_grad buffers and optimizer state exist before it), and the
-    bytes of the parameter + main_grad storages measured separately."""
+    """Per case (model, layout, micro_batch_size, seq_length, num_microbatches): this rank's peak
+    bytes of the storages created during one step's forward_backward (activations and transients:
+    the parameters and DDP's main_grad buffers exist before it and are reported apart as `state`;
+    no optimizer exists here). Fresh random tokens; fp32, as CPU training runs."""
     import dataclasses
 
     from megatron.core import parallel_state
@@ -26,7 +26,7 @@ def measure(cases: list[dict], seed: int = 7) -> list[dict]:
 
     out = []
     for case in cases:
-        cfg = load_config("examples/configs/tiny.yaml", [f"model=models/{case['model']}.yaml", *case.get("model_overrides", [])])
+        cfg = load_config("examples/configs/tiny.yaml", [f"model=models/{case['model']}.yaml"])
         cfg = dataclasses.replace(cfg, parallel=ParallelConfig(**case["layout"]))
         init_distributed(cfg.parallel, seed=seed, model_cfg=cfg.model)
         chunks = wrap_with_ddp(build_model(cfg.model, cfg.parallel, config_overrides=trainer_config_overrides(cfg)), cfg.parallel)
@@ -46,6 +46,6 @@ def measure(cases: list[dict], seed: int = 7) -> list[dict]:
         out.append({"peak": t.peak_bytes, "state": state, "pp_rank": parallel_state.get_pipeline_model_parallel_rank(),
                     "tp_rank": parallel_state.get_tensor_model_parallel_rank()})
         del chunks
-        parallel_state.destroy_model_parallel()
-        destroy_distributed()
+        parallel_state.destroy_model_parallel()  # the process group stays: one init per launch
+    destroy_distributed()
     return out

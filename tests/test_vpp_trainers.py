@@ -35,8 +35,13 @@ def test_sft_and_rl_steps_under_virtual_pipeline_match_one_process(tmp_path):
     starts = {split: run_distributed(_rl_fns.save_random_start, 1, str(tmp_path / split), 3, model, timeout=300)[0]
               for split, (model, _) in SPLITS.items()}
     (single,) = run_distributed(_vpp_fns.run_cases, 1, str(tmp_path), _cases(tmp_path, starts, False), timeout=600)
-    per_rank = run_distributed(_vpp_fns.run_cases, 2, str(tmp_path), _cases(tmp_path, starts, True), timeout=600)
-    for i, case in enumerate(_cases(tmp_path, starts, True)):
+    # one launch per job: the jobs tear torch.distributed down at their end, and bringing gloo up
+    # again in the same processes hung or was refused at times here (a harness limit, not the
+    # trainers': a real job initialises once)
+    cases = _cases(tmp_path, starts, True)
+    launches = [run_distributed(_vpp_fns.run_cases, 2, str(tmp_path), [case], timeout=300) for case in cases]
+    per_rank = [[launch[r][0] for launch in launches] for r in range(2)]
+    for i, case in enumerate(cases):
         want = single[i]
         assert len(want["losses"]) == 2, case["name"]
         # the microbatches really differ in length within a step (what needs the shape exchange)

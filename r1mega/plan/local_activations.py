@@ -34,8 +34,12 @@ class StepShape:
     """Bytes per activation element: the parameter dtype (4 for fp32, 2 for bf16)."""
 
 
-def local_spec_supported(m: ModelConfig) -> bool:
-    return not m.is_moe and not m.multi_latent_attention
+def local_spec_supported(m: ModelConfig, p: ParallelConfig) -> bool:
+    """Dense layers with megatron's local DotProductAttention, no context parallelism, and
+    recompute none, full, or selective of core_attn only (what this model derives)."""
+    if m.is_moe or m.multi_latent_attention or p.cp != 1:
+        return False
+    return p.recompute_granularity != "selective" or set(p.recompute_modules or ["core_attn"]) == {"core_attn"}
 
 
 def local_layer_saved_bytes(m: ModelConfig, p: ParallelConfig, shape: StepShape, *, recompute: str) -> float:
@@ -104,53 +108,90 @@ def local_layer_saved_bytes(m: ModelConfig, p: ParallelConfig, shape: StepShape,
     return total
 
 
-def local_step_activation_bytes(m: ModelConfig, p: ParallelConfig, shape: StepShape, *, stage: int = 0,
-                                stage_layers: int, last_stage: bool, in_flight: float) -> dict[str, float]:
-    """Peak bytes of one pipeline stage's step on the local spec, term by term (see module doc).
-
-    The peak is reached at the start of backward on the stage: every in-flight microbatch's saved
-    tensors are alive, plus (last stage) the loss's logits and the output layer's weight/input
-    gradients being computed. `in_flight`: microbatches whose activations the stage holds then.
-    """
-    a = shape.act_bytes
-    b, s = shape.micro_batch_size, shape.seq_length
-    sp = p.tp if p.sequence_parallel else 1
-    t_sp = b * s // sp
-    h = m.hidden_size
-    granularity = p.recompute_granularity
-    if granularity == "full":
-        recompute = "full"
-    elif granularity == "selective":
+def _recompute_mode(p: ParallelConfig) -> str:
+    if p.recompute_granularity == "full":
+        return "full"
+    if p.recompute_granularity == "selective":
         mods = set(p.recompute_modules or ["core_attn"])
         if mods - {"core_attn"}:
             raise ValueError(f"local activation model: selective recompute of {sorted(mods - {'core_attn'})} is not modelled")
-        recompute = "core_attn"
-    else:
-        recompute = "none"
+        return "core_attn"
+    return "none"
+
+
+def local_step_activation_bytes(m: ModelConfig, p: ParallelConfig, shape: StepShape, *, stage_layers: int,
+                                last_stage: bool, in_flight: float) -> dict[str, float]:
+    """Bytes alive on one pipeline stage at each candidate peak of its step (local spec); the
+    step's peak is the largest. All three points are in the backward of the first microbatch to
+    come back, when every in-flight microbatch's saved tensors are still alive:
+
+    - "output layer backward" (last stage): the logits and the output layer's gradients;
+    - "last layer MLP backward": the MLP's input gradients, with the layer re-run under full
+      recompute;
+    - "last layer attention backward": four [b, heads, s, s] gradients of the unfused softmax
+      chain at once (the recomputed attention under selective core_attn recompute).
+    """
+    a = shape.act_bytes
+    b, s = shape.micro_batch_size, shape.seq_length
+    tp = p.tp
+    sp = tp if p.sequence_parallel else 1
+    t, t_sp = b * s, b * s // sp
+    h = m.hidden_size
+    heads = m.num_attention_heads // tp
+    groups = (m.num_query_groups or m.num_attention_heads) // tp
+    q = heads * m.head_dim
+    ffn = m.ffn_hidden_size // tp
+    probs = a * b * heads * s * s  # one [b, heads/tp, s, s] tensor
+    recompute = _recompute_mode(p)
     layer = local_layer_saved_bytes(m, p, shape, recompute=recompute)
-    heads = m.num_attention_heads // p.tp
     per_mb = (
         stage_layers * layer
         + a * t_sp * h  # the stage input: the embedding's transposed copy, or the received activation
         + a * s * m.head_dim  # RotaryEmbedding.forward: the freqs table [s, hn] (torch.cat)
     )
-    terms = {"saved activations": per_mb * in_flight}
-    if recompute == "full":
-        # in backward, one layer at a time is re-run with everything saved (the none-recompute set)
-        terms["recompute of one layer"] = local_layer_saved_bytes(m, p, shape, recompute="none")
-    # parallel_state's global memory buffer ("mpu"): baddbmm's input, [b * heads, s, s], made on
+    # parallel_state's global memory buffer ("mpu"): baddbmm's input [b * heads, s, s], made on
     # first use and kept (DotProductAttention.forward)
-    terms["attention matmul buffer"] = a * b * heads * s * s
+    held = per_mb * in_flight + probs
+    # on the last stage the last layer's output is freed once final_layernorm's backward has run;
+    # elsewhere the schedule keeps the stage output until its backward_step
+    out_freed = a * t_sp * h if last_stage else 0.0
+    grad_in = a * t_sp * h  # the gradient arriving at the last layer (from the final norm or the next stage)
+    in_backward = local_layer_saved_bytes(m, p, shape, recompute="none") if recompute == "full" else 0.0
+    if last_stage and m.tie_word_embeddings and p.pp == 1:
+        # tied embeddings on one stage: output_layer's weight gradient is the embedding's too, so
+        # autograd's AccumulateGrad (and megatron DDP's hook that moves it into main_grad) waits
+        # for the embedding's backward: the [V/tp, h] gradient stays alive through the layers'
+        # backward
+        in_backward += a * (m.padded_vocab_size(tp) // tp) * h
+    points = {}
     if last_stage:
-        vocab = m.padded_vocab_size(p.tp) // p.tp
-        t = b * s
-        # final_layernorm: x * rsqrt, output, rsqrt; output_layer (ColumnParallelLinear) logits
-        # [s, b, V/tp] in fp32 (the vocab-parallel cross entropy works in place on them)
-        terms["final norm + logits"] = a * t_sp * (2 * h + 1) + 4 * t * vocab
-        # output_layer backward (LinearWithGradAccumulationAndAsyncCommunication): grad of the
-        # weight [V/tp, h] and of the input [s, b, h] before the DDP hook adds the former to main_grad
-        terms["output layer backward"] = a * (vocab * h + t * h)
-    return terms
+        vocab = m.padded_vocab_size(tp) // tp
+        points["output layer backward"] = (
+            held
+            # final_layernorm (x * rsqrt, output, rsqrt); output_layer's logits [s, b, V/tp], fp32
+            # (the vocab-parallel cross entropy works in place on them)
+            + a * t_sp * (2 * h + 1) + 4 * t * vocab
+            # output_layer backward: the weight gradient [V/tp, h] (before the DDP hook adds it to
+            # main_grad) and the input gradient [s, b, h]
+            + a * (vocab * h + t * h)
+        )
+    # MLP backward: linear_fc2's input (silu * up) is released after its backward; the gradients
+    # of linear_fc2's input, of silu(gate) and of up are alive together
+    points["last layer MLP backward"] = held + in_backward - out_freed + grad_in - a * t * ffn + a * t * 3 * ffn
+    # attention backward of the last layer: its MLP, pre-MLP norm, residual and context are freed;
+    # bmm backward gives the probabilities' and the value's gradients, then softmax backward,
+    # masked_fill backward and baddbmm's zero gradient for its beta=0 input: four [b, heads, s, s]
+    after_core = a * t * q + a * t_sp * h + a * t_sp * (2 * h + 1) + a * t * 5 * ffn
+    value_copy = a * t * q if groups < heads else 0.0  # the GQA value copy, freed with the bmm node
+    attn = held + in_backward - out_freed - after_core + grad_in + 4 * probs + a * t * q - value_copy
+    if recompute == "core_attn":
+        # the checkpointed core attention is re-run first: the softmax output, the causal mask and
+        # the GQA key/value copies come back
+        attn += s * s + (2 * a * t * q if groups < heads else 0.0)
+    else:
+        attn -= probs  # the saved softmax output is released by its backward
+    points["last layer attention backward"] = attn
+    return points
 
 
 def microbatches_in_flight(p: ParallelConfig, num_microbatches: int, pp_rank: int) -> float:
@@ -173,6 +214,6 @@ def local_rank_peak_bytes(m: ModelConfig, p: ParallelConfig, shape: StepShape, p
     from r1mega.plan.params import stage_layers
 
     return local_step_activation_bytes(
-        m, p, shape, stage=pp_rank, stage_layers=len(stage_layers(m, p, pp_rank)),
+        m, p, shape, stage_layers=len(stage_layers(m, p, pp_rank)),
         last_stage=pp_rank == p.pp - 1, in_flight=microbatches_in_flight(p, shape.num_microbatches, pp_rank),
     )
