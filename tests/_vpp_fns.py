@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 
 def run_cases(out_dir: str, cases: list[dict]) -> list[dict]:
     """Each case: kind ("sft" or "rl"), name, overrides (config), layout (ParallelConfig fields);
@@ -40,3 +42,28 @@ def run_cases(out_dir: str, cases: list[dict]) -> list[dict]:
         results.append({"losses": [r["loss"] for r in rows], "grad_norms": [r["grad_norm"] for r in rows],
                         "shapes": shapes})
     return results
+
+
+def shape_exchange(fixed: bool) -> dict:
+    """At pp=2 each rank sends an activation shape to next and a gradient shape to prev (the same
+    peer) in one call, as the interleaved schedule does; returns the shapes received from prev and
+    from next. `fixed=False` runs megatron's own `_communicate_shapes` (the negative control)."""
+    from megatron.core import ModelParallelConfig, parallel_state
+    from megatron.core.pipeline_parallel.p2p_communication import P2PCommunicator
+
+    from r1mega.parallel.config import ParallelConfig
+    from r1mega.parallel.distributed import destroy_distributed, init_distributed
+
+    init_distributed(ParallelConfig(pp=2), seed=1)
+    try:
+        rank = parallel_state.get_pipeline_model_parallel_rank()
+        config = ModelParallelConfig(pipeline_model_parallel_size=2, variable_seq_lengths=True,
+                                     batch_p2p_comm=False, pipeline_dtype=torch.float32)
+        comm = P2PCommunicator(parallel_state.get_pipeline_model_parallel_group(), config)
+        exchange = comm._communicate_shapes if fixed else comm._communicate_shapes.__wrapped__.__get__(comm)
+        activation = torch.empty(10 + rank, 1, 4)  # to next: [s, b, h]
+        gradient = torch.empty(20 + rank, 1, 4)  # to prev
+        from_prev, from_next = exchange(activation, gradient, True, True)
+        return {"rank": rank, "from_prev": from_prev, "from_next": from_next}
+    finally:
+        destroy_distributed()

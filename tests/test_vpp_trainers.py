@@ -56,3 +56,15 @@ def test_sft_and_rl_steps_under_virtual_pipeline_match_one_process(tmp_path):
         for got in reported:
             for step, (g, w) in enumerate(zip(got["losses"], want["losses"], strict=True), start=1):
                 assert abs(g - w) <= TOL * max(abs(w), 1e-3), f"{case['name']} step {step}: loss {g} vs {w}"
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("fixed", [True, False], ids=["fixed", "megatron-0.16.1"])
+def test_pp2_shape_exchange_is_not_crossed(fixed):
+    """The cause, in isolation: megatron's shape exchange hands rank r the peer's gradient shape as
+    the activation it expects from prev (and the reverse); the fix gives each its own."""
+    per_rank = run_distributed(_vpp_fns.shape_exchange, 2, fixed, timeout=120)
+    for got in per_rank:
+        peer = 1 - got["rank"]
+        right = got["from_prev"] == [10 + peer, 1, 4] and got["from_next"] == [20 + peer, 1, 4]
+        assert right == fixed, got
