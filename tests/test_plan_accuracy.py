@@ -8,7 +8,7 @@ activations + transients: saved tensors of every in-flight microbatch, logits, t
 gradients, the unfused attention's backward chain, megatron's global attention buffer. Parameters,
 DDP's main_grad buffers and optimizer state exist before the step; they are not in it (their counts
 are checked in tests/test_plan.py). Tiny llama, qwen2 (no q/k norm, qkv bias) and qwen3 (q/k norm)
-at TP 1/2 (gloo), SP, PP 1/2, VPP, recompute none / selective (core_attn) / full, 1 and several
+at TP 1/2 (gloo), SP, PP 1/2 (even and uneven), VPP, recompute none / selective (core_attn) / full, 1 and several
 microbatches, short and long sequences; fp32. Within 10% everywhere (most cases within 0.1%)."""
 
 import pytest
@@ -43,6 +43,7 @@ TWO_RANKS = [
     _case("tiny_qwen2", dict(pp=2, **SEL), 2, 64, 3),
     _case("tiny_qwen3", dict(pp=2, **FULL), 1, 256, 3),
     _case("tiny_llama", dict(pp=2, vpp=2), 2, 64, 4),
+    _case("tiny_llama", dict(pp=2, num_layers_in_first_pipeline_stage=1), 2, 64, 3),  # uneven [1, 3]
 ]
 
 
@@ -75,3 +76,22 @@ def test_local_activation_model_matches_one_process():
 def test_local_activation_model_matches_tp_and_pp_ranks():
     results = run_distributed(_plan_accuracy_fns.measure, 2, TWO_RANKS, timeout=300)
     _check(TWO_RANKS, results)
+
+
+def test_the_planner_uses_the_local_model_for_the_local_spec():
+    """plan_for_config(spec="local") puts the local model's peak (largest over pipeline ranks) in
+    the table; MoE models, which it does not model, keep the "te" lines."""
+    from r1mega.plan.report import plan_for_config
+
+    cfg = load_config("examples/configs/tiny.yaml", ["parallel.pp=2"])
+    plan = plan_for_config(cfg, world_size=2, gpu="h100-80gb", stage="sft", spec="local")
+    (term,) = [t for t in plan.train if t.name.startswith("activations")]
+    seq = cfg.model.max_position_embeddings
+    shape = StepShape(cfg.sft.micro_batch_size, seq, cfg.sft.global_batch_size // cfg.sft.micro_batch_size, act_bytes=4)
+    want = max(max(local_rank_peak_bytes(cfg.model, cfg.parallel, shape, r).values()) for r in range(2))
+    assert term.name == "activations + transients (local spec)" and abs(term.gib * 1024**3 - want) < 1
+    te = plan_for_config(cfg, world_size=2, gpu="h100-80gb", stage="sft")
+    assert [t.name for t in te.train if t.name.startswith("activations")] == ["activations"]
+    moe = load_config("examples/configs/tiny.yaml", ["model=models/tiny_qwen3_moe.yaml"])
+    moe_plan = plan_for_config(moe, world_size=1, gpu="h100-80gb", stage="sft", spec="local")
+    assert "activations" in [t.name for t in moe_plan.train]
