@@ -177,7 +177,12 @@ def local_step_activation_bytes(m: ModelConfig, p: ParallelConfig, shape: StepSh
         )
     # MLP backward: linear_fc2's input (silu * up) is released after its backward; the gradients
     # of linear_fc2's input, of silu(gate) and of up are alive together
-    points["last layer MLP backward"] = held + in_backward - out_freed + grad_in - a * t * ffn + a * t * 3 * ffn
+    mlp = held + in_backward - out_freed + grad_in - a * t * ffn + a * t * 3 * ffn
+    if p.sequence_parallel and tp > 1:
+        # LinearWithGradAccumulationAndAsyncCommunication.backward under sequence parallelism
+        # all-gathers the saved [s/tp, b, h] input of linear_fc1 again for the weight gradient
+        mlp += a * t * h
+    points["last layer MLP backward"] = mlp
     # attention backward of the last layer: its MLP, pre-MLP norm, residual and context are freed;
     # bmm backward gives the probabilities' and the value's gradients, then softmax backward,
     # masked_fill backward and baddbmm's zero gradient for its beta=0 input: four [b, heads, s, s]
