@@ -8,6 +8,7 @@ activations + transients: saved tensors of every in-flight microbatch, logits, t
 gradients, the unfused attention's backward chain, megatron's global attention buffer. Parameters,
 DDP's main_grad buffers and optimizer state exist before the step; they are not in it (their counts
 are checked in tests/test_plan.py). Tiny llama, qwen2 (no q/k norm, qkv bias) and qwen3 (q/k norm)
+(and tiny qwen3_moe without TP/EP, recompute none / selective)
 at TP 1/2 (gloo), SP, PP 1/2 (even and uneven), VPP, recompute none / selective (core_attn) / full, 1 and several
 microbatches, short and long sequences; fp32. Within 10% everywhere (most cases within 0.1%)."""
 
@@ -22,6 +23,7 @@ from tests import _plan_accuracy_fns
 TOL = 0.10
 SEL = dict(recompute_granularity="selective")
 FULL = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+FULL_OVERRIDES = [f"parallel.{k}={v}" for k, v in FULL.items()]
 
 
 def _case(model, layout, b, s, m):
@@ -33,7 +35,7 @@ ONE_RANK = [
     for model in ("tiny_llama", "tiny_qwen2", "tiny_qwen3")
     for layout in ({}, SEL, FULL)
     for b, s, m in ((2, 64, 1), (1, 256, 3))
-]
+] + [_case("tiny_qwen3_moe", layout, b, s, m) for layout in ({}, SEL) for b, s, m in ((2, 64, 1), (1, 256, 3))]
 TWO_RANKS = [
     _case("tiny_llama", dict(tp=2), 2, 64, 1),
     _case("tiny_qwen3", dict(tp=2, **SEL), 1, 256, 2),
@@ -44,6 +46,7 @@ TWO_RANKS = [
     _case("tiny_qwen3", dict(pp=2, **FULL), 1, 256, 3),
     _case("tiny_llama", dict(pp=2, vpp=2), 2, 64, 4),
     _case("tiny_llama", dict(pp=2, num_layers_in_first_pipeline_stage=1), 2, 64, 3),  # uneven [1, 3]
+    _case("tiny_qwen3_moe", dict(pp=2, **SEL), 2, 64, 3),
 ]
 
 
@@ -80,7 +83,7 @@ def test_local_activation_model_matches_tp_and_pp_ranks():
 
 def test_the_planner_uses_the_local_model_for_the_local_spec():
     """plan_for_config(spec="local") puts the local model's peak (largest over pipeline ranks) in
-    the table; MoE models, which it does not model, keep the "te" lines."""
+    the table; what it does not model (here MoE with full recompute) keeps the "te" lines."""
     from r1mega.plan.report import plan_for_config
 
     cfg = load_config("examples/configs/tiny.yaml", ["parallel.pp=2"])
@@ -92,6 +95,6 @@ def test_the_planner_uses_the_local_model_for_the_local_spec():
     assert term.name == "activations + transients (local spec)" and abs(term.gib * 1024**3 - want) < 1
     te = plan_for_config(cfg, world_size=2, gpu="h100-80gb", stage="sft")
     assert [t.name for t in te.train if t.name.startswith("activations")] == ["activations"]
-    moe = load_config("examples/configs/tiny.yaml", ["model=models/tiny_qwen3_moe.yaml"])
+    moe = load_config("examples/configs/tiny.yaml", ["model=models/tiny_qwen3_moe.yaml", *FULL_OVERRIDES])
     moe_plan = plan_for_config(moe, world_size=1, gpu="h100-80gb", stage="sft", spec="local")
     assert "activations" in [t.name for t in moe_plan.train]

@@ -10,9 +10,11 @@ backward transients, and megatron's global "mpu" buffer that the local attention
 takes its (ignored) input from. Parameters, gradient buffers and optimizer state are not in it:
 they exist before the step and are counted by the planner's other lines.
 
-Dense models with megatron's local `DotProductAttention` only (llama, qwen2, qwen3); MoE and MLA
-layers (SDPA core attention, routers, token dispatch) are not modelled here, and the planner keeps
-its GPU formula for them.
+Models with megatron's local `DotProductAttention`: dense (llama, qwen2, qwen3) and qwen3_moe-like
+MoE layers without TP/EP (with EP the tokens a rank's experts get depend on the routing) and
+without full recompute; MLA
+(SDPA core attention, DeepSeek-V3) is not modelled here, and the planner keeps its GPU formula for
+what is not.
 """
 
 from __future__ import annotations
@@ -37,9 +39,41 @@ class StepShape:
 def local_spec_supported(m: ModelConfig, p: ParallelConfig) -> bool:
     """Dense layers with megatron's local DotProductAttention, no context parallelism, and
     recompute none, full, or selective of core_attn only (what this model derives)."""
-    if m.is_moe or m.multi_latent_attention or p.cp != 1:
+    if m.multi_latent_attention or p.cp != 1:
+        return False
+    if m.is_moe and not (
+        p.tp == 1 and p.ep == 1 and m.moe_first_k_dense == 0 and not m.moe_shared_expert_intermediate_size
+        and m.moe_router_score_function == "softmax" and p.recompute_granularity != "full"
+    ):
+        # with EP the tokens each rank's experts receive depend on the routing; TP, shared experts,
+        # dense first layers and the re-run MoE layer of full recompute (measured 12% above this
+        # model: the re-run dispatch's copies) are not derived here
         return False
     return p.recompute_granularity != "selective" or set(p.recompute_modules or ["core_attn"]) == {"core_attn"}
+
+
+def _mlp_saved_bytes(m: ModelConfig, p: ParallelConfig, shape: StepShape) -> float:
+    """What the MLP (dense) or MoE layer (qwen3_moe-like: softmax router, alltoall dispatcher, no
+    TP/EP, no shared expert) keeps for backward for one microbatch."""
+    a = shape.act_bytes
+    t = shape.micro_batch_size * shape.seq_length
+    if not m.is_moe:
+        # MLP with gated_linear_unit (mlp.py glu): linear_fc1 output [gate; up] (2F), silu(gate)
+        # (F), up + glu_linear_offset (a new tensor, F), their product (F: linear_fc2's input)
+        return a * t * 5 * (m.ffn_hidden_size // p.tp)
+    k, experts, e_ffn, h = m.moe_router_topk, m.num_experts, m.moe_ffn_hidden_size, m.hidden_size
+    routed = t * k  # token copies the experts process (all experts are local without EP)
+    return (
+        # TopKRouter: top-k indices (int64), softmax of the top-k scores, the scattered probs [t, E]
+        # and the routing map (bool)
+        8 * routed + a * routed + a * t * experts + t * experts
+        # MoEAlltoAllTokenDispatcher / permute: the routing map's and the probs' transposed copies,
+        # the sorted token indices (int64), the permuted tokens [t * k, h] and their probs
+        + t * experts + a * t * experts + 8 * routed + a * routed * h + a * routed + 8 * experts
+        # SequentialMLP: each expert's glu (fc1 output 2F, silu F, up + offset F, product F) and
+        # the product scaled by the token's routing prob (per_token_scale, F)
+        + a * routed * 6 * e_ffn
+    )
 
 
 def local_layer_saved_bytes(m: ModelConfig, p: ParallelConfig, shape: StepShape, *, recompute: str) -> float:
@@ -100,9 +134,7 @@ def local_layer_saved_bytes(m: ModelConfig, p: ParallelConfig, shape: StepShape,
     total += a * t * q
     # residual add after attention (input of pre_mlp_layernorm), with its norm as above
     total += a * t_sp * h + a * t_sp * (2 * h + 1)
-    # MLP with gated_linear_unit (mlp.py glu): linear_fc1 output [gate; up] (2F), silu(gate) (F),
-    # up + glu_linear_offset (a new tensor, F), their product (F: linear_fc2's input)
-    total += a * t * 5 * ffn
+    total += _mlp_saved_bytes(m, p, shape)
     # residual add after the MLP: the layer output
     total += a * t_sp * h
     return total
@@ -177,7 +209,8 @@ def local_step_activation_bytes(m: ModelConfig, p: ParallelConfig, shape: StepSh
         )
     # MLP backward: linear_fc2's input (silu * up) is released after its backward; the gradients
     # of linear_fc2's input, of silu(gate) and of up are alive together
-    mlp = held + in_backward - out_freed + grad_in - a * t * ffn + a * t * 3 * ffn
+    # (MoE: the expert gradients are per expert and small next to this; only the arriving gradient)
+    mlp = held + in_backward - out_freed + grad_in + (0.0 if m.is_moe else a * t * 2 * ffn)
     if p.sequence_parallel and tp > 1:
         # LinearWithGradAccumulationAndAsyncCommunication.backward under sequence parallelism
         # all-gathers the saved [s/tp, b, h] input of linear_fc1 again for the weight gradient
@@ -186,7 +219,7 @@ def local_step_activation_bytes(m: ModelConfig, p: ParallelConfig, shape: StepSh
     # attention backward of the last layer: its MLP, pre-MLP norm, residual and context are freed;
     # bmm backward gives the probabilities' and the value's gradients, then softmax backward,
     # masked_fill backward and baddbmm's zero gradient for its beta=0 input: four [b, heads, s, s]
-    after_core = a * t * q + a * t_sp * h + a * t_sp * (2 * h + 1) + a * t * 5 * ffn
+    after_core = a * t * q + a * t_sp * h + a * t_sp * (2 * h + 1) + _mlp_saved_bytes(m, p, shape)
     value_copy = a * t * q if groups < heads else 0.0  # the GQA value copy, freed with the bmm node
     attn = held + in_backward - out_freed - after_core + grad_in + 4 * probs + a * t * q - value_copy
     if recompute == "core_attn":
