@@ -12,9 +12,8 @@ they exist before the step and are counted by the planner's other lines.
 
 Models with megatron's local `DotProductAttention`: dense (llama, qwen2, qwen3) and qwen3_moe-like
 MoE layers without TP/EP (with EP the tokens a rank's experts get depend on the routing) and
-without full recompute; MLA
-(SDPA core attention, DeepSeek-V3) is not modelled here, and the planner keeps its GPU formula for
-what is not.
+without full recompute. MLA (SDPA core attention, DeepSeek-V3) is not modelled here; the planner
+keeps its GPU formula for what is not (`local_spec_supported`).
 """
 
 from __future__ import annotations
@@ -37,8 +36,8 @@ class StepShape:
 
 
 def local_spec_supported(m: ModelConfig, p: ParallelConfig) -> bool:
-    """Dense layers with megatron's local DotProductAttention, no context parallelism, and
-    recompute none, full, or selective of core_attn only (what this model derives)."""
+    """What this model derives: megatron's local DotProductAttention (no MLA), no context
+    parallelism, recompute none, full, or selective of core_attn only; MoE only as below."""
     if m.multi_latent_attention or p.cp != 1:
         return False
     if m.is_moe and not (
@@ -91,7 +90,6 @@ def local_layer_saved_bytes(m: ModelConfig, p: ParallelConfig, shape: StepShape,
     groups = (m.num_query_groups or m.num_attention_heads) // tp
     hn = m.head_dim
     q, kv = heads * hn, groups * hn
-    ffn = m.ffn_hidden_size // tp
     t = b * s  # tokens of the microbatch (the whole sequence: attention and MLP see s, not s/tp)
     t_sp = t // sp  # tokens of the norm / residual region under sequence parallelism
     if recompute == "full":
