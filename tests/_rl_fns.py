@@ -44,14 +44,14 @@ def rl_config(out_dir: str, overrides: Optional[list[str]] = None):
     )
 
 
-def save_random_start(out_dir: str, seed: int = 3) -> str:
+def save_random_start(out_dir: str, seed: int = 3, overrides: Optional[list[str]] = None) -> str:
     """A weights-only checkpoint of a freshly initialised tiny model (single process); its path."""
     from r1mega.models.builder import build_model
     from r1mega.parallel.distributed import destroy_distributed, init_distributed
     from r1mega.training.checkpoint import save_checkpoint
     from tests import parallel_equivalence as pe
 
-    cfg = rl_config(out_dir)
+    cfg = rl_config(out_dir, overrides)
     init_distributed(cfg.parallel, seed=seed, model_cfg=cfg.model)
     try:
         chunks = build_model(cfg.model, cfg.parallel)

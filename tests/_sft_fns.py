@@ -80,26 +80,31 @@ def train_layouts(out_dir: str, layouts: list[dict], overrides: Optional[list[st
         trainer = SupervisedTrainer(cfg, train, held_out, tokenizer=tokenizer)
         trainer.build(init_fn=lambda chunks: pe.load_sharded_(chunks, reference))
         local: list[tuple[float, float]] = []
+        shapes: list[list[list[int]]] = []  # per training step: [b, s] of each microbatch
         run = trainer._run
 
         def recording_run(microbatches, forward_only):
             result = run(microbatches, forward_only)
             if not forward_only:
                 local.append(result)
+                shapes.append([list(mb["tokens"].shape) for mb in microbatches])
             return result
 
         trainer._run = recording_run
-        losses = []
+        losses, grad_norms = [], []
         while trainer.step < trainer.total_steps:
             metrics = trainer.train_step()
             trainer.step += 1
             losses.append(metrics["loss"] if trainer.is_last_stage else None)
+            grad_norms.append(metrics["grad_norm"])
         held_out = trainer.evaluate_loss()  # a collective: every rank runs it
         eval_loss = held_out["eval/loss"] if trainer.is_last_stage else None
         out.append(
             {
                 "layout": layout,
                 "losses": losses,
+                "grad_norms": grad_norms,
+                "shapes": shapes,
                 "eval_loss": eval_loss,
                 "local": local if trainer.is_last_stage else None,
                 "dp_rank": parallel_state.get_data_parallel_rank(),

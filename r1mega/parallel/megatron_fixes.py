@@ -14,6 +14,7 @@ megatron run without CUDA at all and live in `r1mega.parallel.cpu`, switched on 
 | `_fix_mla_rope_grad` | MLA with a TP-partitioned `linear_kv_down_proj` (local spec at TP>1) | test_parallel_equivalence.py::test_mla_tp2_needs_the_k_pos_emb_gradient_fix (negative control included) |
 | `fix_checkpoint_without_output_fp8` | selective recompute of `layernorm` / `moe_act` without transformer-engine | test_recompute.py::test_selective_layernorm_recompute_matches_no_recompute |
 | `_check_dist_checkpointing_deps` | every torch_dist save | test_checkpoint.py saves |
+| `_fix_p2p_shape_exchange` | pipeline p2p unbatched (`batch_p2p_comm=False`, gloo) with variable-length microbatches | test_vpp_trainers.py (SFT and RL at pp=2 + vpp=2) |
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def apply_megatron_fixes() -> None:
             _fix_mla_have_te()
         _fix_mla_rope_grad()
         fix_checkpoint_without_output_fp8()
+        _fix_p2p_shape_exchange()
         _check_dist_checkpointing_deps()
         _APPLIED = True
 
@@ -248,6 +250,57 @@ def fix_checkpoint_without_output_fp8() -> bool:
     __init__._r1mega_fp8_fix = True
     cls.__init__ = __init__
     return True
+
+
+# ------------------------------------------------------------------------------------------------
+# Pipeline p2p: the shape exchange of variable-length microbatches (megatron-core 0.16.1)
+# ------------------------------------------------------------------------------------------------
+
+
+def _fix_p2p_shape_exchange() -> None:
+    """With `variable_seq_lengths`, `P2PCommunicator._communicate_shapes` sends each tensor's shape
+    before the tensor, always through one `batch_isend_irecv` on the pipeline group, even when
+    `batch_p2p_comm=False` chose the unbatched path for the tensors themselves. At pp=2 with virtual
+    stages, one call sends a rank's activation shape (to next) and gradient shape (to prev) to the
+    same peer; gloo matches sends and receives per (peer, tag) in order, so the peer receives them
+    crosswise, allocates a buffer of the other microbatch's length and the step aborts or hangs
+    (observed: gloo "Connection reset by peer" after a size mismatch). With `batch_p2p_comm=False`
+    exchange the shapes through megatron's own unbatched `_p2p_ops`, which sends the two directions
+    over different communicators (as it does for the tensors); otherwise megatron's code runs."""
+    from megatron.core.pipeline_parallel import p2p_communication as p2p
+
+    cls = require(p2p, "P2PCommunicator")
+    if getattr(cls._communicate_shapes, "_r1mega_shape_fix", False):
+        return
+    original = require(cls, "_communicate_shapes", source_contains=("torch.distributed.batch_isend_irecv(ops)",))
+    p2p_ops = require(p2p, "_p2p_ops", source_contains=("even_recv_odd_send_group = torch.distributed.group.WORLD",))
+
+    @functools.wraps(original)
+    def _communicate_shapes(self, tensor_send_next, tensor_send_prev, recv_prev, recv_next):
+        config = self.config
+        if config.batch_p2p_comm or config.use_ring_exchange_p2p:
+            return original(self, tensor_send_next, tensor_send_prev, recv_prev, recv_next)
+        device = torch.cuda.current_device()
+
+        def shape_of(t):
+            return None if t is None else torch.tensor(t.size(), device=device, dtype=torch.int64)
+
+        recv_prev_shape = torch.empty((3,), device=device, dtype=torch.int64) if recv_prev else None
+        recv_next_shape = torch.empty((3,), device=device, dtype=torch.int64) if recv_next else None
+        reqs = p2p_ops(
+            tensor_send_prev=shape_of(tensor_send_prev), tensor_recv_prev=recv_prev_shape,
+            tensor_send_next=shape_of(tensor_send_next), tensor_recv_next=recv_next_shape,
+            group=self.pp_group, prev_pipeline_rank=self.prev_rank, next_pipeline_rank=self.next_rank,
+        )
+        for req in reqs.values():
+            req.wait()
+        return (
+            recv_prev_shape.tolist() if recv_prev_shape is not None else [0, 0, 0],
+            recv_next_shape.tolist() if recv_next_shape is not None else [0, 0, 0],
+        )
+
+    _communicate_shapes._r1mega_shape_fix = True
+    cls._communicate_shapes = _communicate_shapes
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Measured peak of tensor memory on any device without an allocator API (CPU): every storage an op
 creates is counted while it lives (a dispatch mode sees each op's outputs; a finalizer on the
-storage's preserved Python object sees it die). Views and in-place results share a storage and are
-counted once. Used to check the planner against what a step really holds (tests/test_plan_accuracy.py)."""
+storage's preserved Python object sees it die). An output that shares the storage of one of the op's
+inputs (a view, an in-place or out= result) is not a new storage and is not counted: so a view of a
+parameter or of a gradient buffer that existed before the block (`weight.t()`, `main_grad.add_`) adds
+nothing. Used to check the planner against what a step really holds (tests/test_plan_accuracy.py)."""
 
 from __future__ import annotations
 
@@ -30,12 +32,17 @@ class StorageTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = {
+            id(t.untyped_storage())
+            for t in tree_flatten((args, kwargs or {}))[0]
+            if isinstance(t, torch.Tensor) and t.device.type != "meta"
+        }
         for t in tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor) or t.device.type == "meta":
                 continue
             storage = t.untyped_storage()
             key = id(storage)
-            if key in self._seen:
+            if key in self._seen or key in inputs:
                 continue
             nbytes = storage.nbytes()
             self._seen.add(key)

@@ -17,6 +17,7 @@ buffers, CUDA graph pools, allocator fragmentation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, Optional
 
 from r1mega.models.config import ModelConfig
 from r1mega.parallel.config import ParallelConfig
@@ -53,6 +54,9 @@ class TrainShape:
     """Microbatches per optimizer step per data-parallel rank."""
     params_bytes: int = 2
     """2 for bf16 training, 4 for fp32."""
+    seq_length: Optional[int] = None
+    """Padded sequence length of a microbatch (the local-spec model's s x s terms need it);
+    None = one sequence of micro_batch_tokens."""
 
 
 @dataclass(frozen=True)
@@ -190,7 +194,12 @@ def plan_memory(
     offload_fraction: float = 1.0,
     link_gbps: float = 400.0,
     gpus_per_node: int = 8,
+    spec: Literal["te", "local"] = "te",
 ) -> Plan:
+    """`spec`: the layer spec the job runs. "te" (transformer-engine, flash attention: GPUs with TE)
+    uses `layer_activation_bytes`, not yet checked against a GPU; "local" (no TE: CPU, or a GPU
+    without it) uses r1mega.plan.local_activations, checked on CPU to 10% (dense models; MoE/MLA
+    fall back to the "te" formula)."""
     from r1mega.configlib import ConfigError
 
     if gpu not in GPUS:
@@ -216,9 +225,29 @@ def plan_memory(
         Term("optimizer (main params + Adam)", (optimizer - offloaded) / GiB,
              f"{state_bytes} B/param / DP {shard_dense}, EDP {shard_expert}" + (", offloaded" if cpu_offload else "")),
     ]
+    tokens = train.micro_batch_tokens / p.cp
+    from r1mega.plan.local_activations import StepShape, local_rank_peak_bytes, local_spec_supported
+
+    if spec == "local" and local_spec_supported(m, p):
+        seq = train.seq_length or train.micro_batch_tokens
+        shape = StepShape(micro_batch_size=max(train.micro_batch_tokens // seq, 1), seq_length=seq,
+                          num_microbatches=train.num_microbatches, act_bytes=pb)
+        peaks = {r: local_rank_peak_bytes(m, p, shape, r) for r in range(p.pp)}
+        rank = max(peaks, key=lambda r: max(peaks[r].values()))
+        point = max(peaks[rank], key=peaks[rank].get)
+        plan.train.append(Term("activations + transients (local spec)", peaks[rank][point] / GiB,
+                               f"pp rank {rank}, peak at {point}; recompute={p.recompute_granularity}"))
+        plan.train.append(Term("CUDA context + NCCL", CUDA_CONTEXT_AND_NCCL_GIB, "estimate (see CUDA_CONTEXT_AND_NCCL_GIB)"))
+    else:
+        _te_activation_terms(plan, m, p, train, tokens, pb)
+    _rollout_and_host_terms(plan, m, p, rp, pb, grad_bytes, optimizer, gpu_gib, rollout, link_gbps, gpus_per_node)
+    return plan
+
+
+def _te_activation_terms(plan: Plan, m: ModelConfig, p: ParallelConfig, train: TrainShape, tokens: float, pb: int) -> None:
+    """The GPU (transformer-engine, flash attention) activation formula: unverified on a GPU."""
     first_layers = stage_layers(m, p, 0)
     in_flight, _ = _in_flight_chunks(p, train.num_microbatches)
-    tokens = train.micro_batch_tokens / p.cp
     saved = sum(_recomputed_layer_bytes(m, p, i, pb) for i in first_layers) * tokens
     recompute_peak = 0.0
     if p.recompute_granularity == "full" and first_layers:
@@ -232,6 +261,10 @@ def plan_memory(
     plan.train.append(Term("logits (last stage)", tokens * vocab * 4 / GiB, "fp32, one microbatch"))
     plan.train.append(Term("CUDA context + NCCL", CUDA_CONTEXT_AND_NCCL_GIB, "estimate (see CUDA_CONTEXT_AND_NCCL_GIB)"))
 
+
+def _rollout_and_host_terms(plan: Plan, m: ModelConfig, p: ParallelConfig, rp, pb: int, grad_bytes: int,
+                            optimizer: float, gpu_gib: float, rollout: Optional[RolloutShape],
+                            link_gbps: float, gpus_per_node: int) -> None:
     from r1mega.models.param_count import count_parameters
 
     total_params = count_parameters(m)
@@ -273,7 +306,6 @@ def plan_memory(
         Term("weight sync bytes (bf16, whole model)", sync_bytes / GiB, ""),
         Term("weight sync time", sync_bytes * 8 / (link_gbps * 1e9), f"at {link_gbps:g} Gbit/s", unit="s"),
     ]
-    return plan
 
 
 def _kv_bytes_per_token(m: ModelConfig, r: RolloutShape) -> float:

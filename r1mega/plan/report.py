@@ -30,11 +30,15 @@ def _train_shape(cfg: Config, parallel: ParallelConfig, world_size: int, stage: 
         tokens = cfg.sft.micro_batch_tokens or cfg.sft.micro_batch_size * seq
         n = max(cfg.sft.global_batch_size // (dp * cfg.sft.micro_batch_size), 1)
         dtype = cfg.sft.params_dtype
-    return TrainShape(micro_batch_tokens=tokens, num_microbatches=n, params_bytes=2 if dtype == "bfloat16" else 4)
+    return TrainShape(micro_batch_tokens=tokens, num_microbatches=n, params_bytes=2 if dtype == "bfloat16" else 4,
+                      seq_length=seq)
 
 
 def plan_for_config(cfg: Config, *, world_size: int, gpu: str, stage: Stage = "rl",
-                    parallel: Optional[ParallelConfig] = None, cpu_offload: Optional[bool] = None) -> Plan:
+                    parallel: Optional[ParallelConfig] = None, cpu_offload: Optional[bool] = None,
+                    spec: Literal["te", "local"] = "te") -> Plan:
+    """`spec`: the layer spec the job will run ("te" on GPUs with transformer-engine, the target of
+    `r1mega plan`; "local" without it, see r1mega.plan.local_activations)."""
     parallel = parallel or cfg.parallel
     pc = cfg.plan
     rollout = None
@@ -49,6 +53,7 @@ def plan_for_config(cfg: Config, *, world_size: int, gpu: str, stage: Stage = "r
         train=_train_shape(cfg, parallel, world_size, stage), rollout=rollout,
         cpu_offload=cfg.optimizer.cpu_offload if cpu_offload is None else cpu_offload,
         offload_fraction=cfg.optimizer.offload_fraction, link_gbps=pc.link_gbps, gpus_per_node=pc.gpus_per_node,
+        spec=spec,
     )
 
 
@@ -168,7 +173,12 @@ def check_plan_at_startup(cfg: Config, *, world_size: int, stage: Stage) -> Opti
     gpu = cfg.plan.gpu or _detect_gpu()
     if gpu is None:
         return None
-    plan = plan_for_config(cfg, world_size=world_size, gpu=gpu, stage=stage)
+    from r1mega.models.spec import transformer_engine_usable
+
+    # the job builds the transformer-engine spec only where TE can run; otherwise the local spec,
+    # whose unfused attention keeps s x s probabilities: plan for the spec that will run
+    spec = "te" if transformer_engine_usable() else "local"
+    plan = plan_for_config(cfg, world_size=world_size, gpu=gpu, stage=stage, spec=spec)
     if plan.fits:
         return plan
     text = format_plan(plan, cfg, world_size=world_size)

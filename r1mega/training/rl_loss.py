@@ -271,7 +271,7 @@ class RLLoss:
         for k, v in sums.items():
             if k.endswith("_tsum"):
                 metrics[k[: -len("_tsum")]] = v / tokens
-        if measure_mismatch:
+        if measure_mismatch and self.is_last_stage:  # the loss (and its metrics) run on the last stage only
             metrics["mismatch/mean_abs"] = metrics.pop("mismatch_abs")
             metrics["mismatch/kl"] = metrics.pop("mismatch_kl")
             metrics["mismatch/max_abs"] = maxes.get("mismatch_max", 0.0)
