@@ -43,16 +43,17 @@ def _load(ref: str, base_dir: Path, where: str) -> dict:
     return load_yaml_tree(path)
 
 
-def _inline_sections(layer: dict, base_dir: Path, where: str) -> dict:
-    """Load sections given as file paths (`model: models/tiny_llama.yaml`) relative to the layer's
-    own file, before layers from different directories are merged."""
+def _merge_layer(raw: dict, layer: dict, base_dir: Path, where: str) -> dict:
+    """Merge a layer over `raw`. A section the layer gives as a file path (`model:
+    models/tiny_llama.yaml`) is loaded relative to the layer's own file and replaces the section
+    below it whole (a student's model must not inherit the teacher's fields); mappings deep-merge."""
     import dataclasses
 
     layer_dir = Path(layer.get("__dir__", base_dir))
-    out = dict(layer)
+    out = deep_merge(raw, {k: v for k, v in layer.items() if not isinstance(v, str) or k == "__dir__"})
     for f in dataclasses.fields(Config):
-        if isinstance(out.get(f.name), str):
-            out[f.name] = _load(out[f.name], layer_dir, f"{where}.{f.name}")
+        if isinstance(layer.get(f.name), str):
+            out[f.name] = _load(layer[f.name], layer_dir, f"{where}.{f.name}")
     return out
 
 
@@ -60,12 +61,11 @@ def _raw_job_config(recipe: RecipeConfig, st: StageConfig) -> dict:
     base_dir = Path(recipe.base_dir)
     raw: dict[str, Any] = {}
     if recipe.defaults:
-        raw = _inline_sections(_load(recipe.defaults, base_dir, "defaults"), base_dir, "defaults")
+        raw = _merge_layer(raw, _load(recipe.defaults, base_dir, "defaults"), base_dir, "defaults")
     if st.base:
-        layer = _load(st.base, base_dir, f"stages.{st.name}.base")
-        raw = deep_merge(raw, _inline_sections(layer, base_dir, f"stages.{st.name}.base"))
+        raw = _merge_layer(raw, _load(st.base, base_dir, f"stages.{st.name}.base"), base_dir, f"stages.{st.name}.base")
     fragment = {"__dir__": str(base_dir), **st.config}
-    return deep_merge(raw, _inline_sections(fragment, base_dir, f"stages.{st.name}.config"))
+    return _merge_layer(raw, fragment, base_dir, f"stages.{st.name}.config")
 
 
 def _wire(recipe: RecipeConfig, st: StageConfig, raw: dict) -> dict:

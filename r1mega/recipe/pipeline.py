@@ -72,14 +72,15 @@ def prepare(recipe: RecipeConfig) -> dict[str, Stage]:
     """Every stage's validated job config and config fingerprint (ConfigError on a mistake)."""
     from r1mega.recipe.evaluate import eval_config
 
-    ev = to_dict(eval_config(recipe))
+    evaluated = [st for st in recipe.stages if st.kind == "eval" or (st.kind in TRAINING_KINDS and st.eval)]
+    ev = to_dict(eval_config(recipe)) if evaluated else None
     out: dict[str, Stage] = {}
     for st in recipe.stages:
         job = build_job_config(recipe, st)
         _check_stage_sections(st)
         section = {k: v for k, v in strip_internal(to_dict(st)).items() if k != "config"}
         record = {"kind": st.kind, "stage": section, "job": {k: v for k, v in job_record(job).items() if k != "logging"}}
-        if st.kind in TRAINING_KINDS and st.eval or st.kind == "eval":
+        if st in evaluated:
             record["eval"] = {"config": ev, "data": recipe.eval.data}
         out[st.name] = Stage(st, job, stage_dir(recipe, st.name), markers.fingerprint(record), record)
     return out

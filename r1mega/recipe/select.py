@@ -73,7 +73,7 @@ def run_select(
     sc: SelectConfig, samples_file: Path, stage: str, out_dir: Path, *, judge_engine: Any = None, tokenizer: Any = None,
 ) -> dict:
     """Filter, reformat, judge and mix; write dataset.jsonl + select.json; return the counts."""
-    from r1mega.recipe.filters import FilterConfig, filter_samples, to_readable
+    from r1mega.recipe.filters import FilterConfig, completion_of, filter_samples, to_readable
 
     samples = read_samples(samples_file)
     fcfg = _filter_config(sc, FilterConfig)
@@ -83,9 +83,12 @@ def run_select(
     if sc.readable:
         reformatted = []
         for s in kept:
-            text = to_readable(s["response"])
+            text = to_readable(completion_of(s))  # judged with the prompt's response prefix, as the rewards do
             if text is None:
                 continue
+            prefix = (s.get("reference") or {}).get("response_prefix") or ""
+            if prefix and text.startswith(prefix):  # the SFT prompt ends with it again
+                text = text[len(prefix):]
             reformatted.append({**s, "original_response": s["response"], "response": text,
                                 "filters_passed": [*s.get("filters_passed", []), "readable"]})
         removed["readable"] = len(kept) - len(reformatted)
