@@ -20,12 +20,31 @@ from pathlib import Path
 from typing import Any, Optional
 
 __all__ = [
-    "MARKER", "STARTED", "fingerprint", "file_sha256", "checkpoint_fingerprint", "write_json_atomic",
+    "relative_to_run", "artifact_path", "MARKER", "STARTED", "fingerprint", "file_sha256", "checkpoint_fingerprint", "write_json_atomic",
     "read_marker", "changed_keys",
 ]
 
 MARKER = "stage.json"
 STARTED = "stage_started.json"
+
+
+def relative_to_run(obj: Any, run_dir: Path) -> Any:
+    """`obj` with every string path inside the recipe's run directory made relative to it (`<run>/...`),
+    so records and fingerprints survive moving the run directory."""
+    root = str(Path(run_dir))
+    if isinstance(obj, dict):
+        return {k: relative_to_run(v, run_dir) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [relative_to_run(v, run_dir) for v in obj]
+    if isinstance(obj, str) and (obj == root or obj.startswith(root + os.sep)):
+        return "<run>" + obj[len(root):]
+    return obj
+
+
+def artifact_path(marker: dict, key: str, run_dir: Path) -> Path:
+    """A stage's artifact as a path (records keep it relative to the run directory)."""
+    value = marker["artifacts"][key]
+    return Path(run_dir) / value[len("<run>/"):] if value.startswith("<run>/") else Path(value)
 
 
 def _canonical(obj: Any) -> str:

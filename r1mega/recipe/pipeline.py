@@ -79,7 +79,8 @@ def prepare(recipe: RecipeConfig) -> dict[str, Stage]:
         job = build_job_config(recipe, st)
         _check_stage_sections(st)
         section = {k: v for k, v in strip_internal(to_dict(st)).items() if k != "config"}
-        record = {"kind": st.kind, "stage": section, "job": {k: v for k, v in job_record(job).items() if k != "logging"}}
+        job_part = {k: v for k, v in job_record(job).items() if k != "logging"}
+        record = {"kind": st.kind, "stage": section, "job": markers.relative_to_run(job_part, recipe.run_dir)}
         if st in evaluated:
             record["eval"] = {"config": ev, "data": recipe.eval.data}
         out[st.name] = Stage(st, job, stage_dir(recipe, st.name), markers.fingerprint(record), record)
@@ -141,7 +142,7 @@ def _check_inputs(recipe: RecipeConfig, stages: dict[str, Stage], st: StageConfi
             )
         marker = markers.read_marker(stage_dir(recipe, st.init))
         if marker is not None and st.init not in made_here:
-            _check_checkpoint_model(st, Path(marker["artifacts"]["checkpoint"]), stages[st.name].job)
+            _check_checkpoint_model(st, markers.artifact_path(marker, "checkpoint", recipe.run_dir), stages[st.name].job)
 
 
 def _check_checkpoint_model(st: StageConfig, ckpt: Path, job: Config) -> None:
@@ -230,7 +231,7 @@ def run_recipe(recipe: RecipeConfig, *, from_stage: Optional[str] = None, only: 
         # an upstream stage finished in this run: check the model of its checkpoint now
         if stage.cfg.init:
             marker = markers.read_marker(stage_dir(recipe, stage.cfg.init))
-            _check_checkpoint_model(stage.cfg, Path(marker["artifacts"]["checkpoint"]), stage.job)
+            _check_checkpoint_model(stage.cfg, markers.artifact_path(marker, "checkpoint", recipe.run_dir), stage.job)
         inputs = _input_fps(recipe, stage.cfg)
         say(f"stage {name} ({stage.cfg.kind}): {'continuing an interrupted run' if resumed else 'running'}")
         stage.dir.mkdir(parents=True, exist_ok=True)
@@ -247,7 +248,7 @@ def run_recipe(recipe: RecipeConfig, *, from_stage: Optional[str] = None, only: 
             return RecipeResult(ran, skipped, stopped_in=name)
         markers.write_json_atomic(stage.dir / markers.MARKER, {
             "stage": name, "kind": stage.cfg.kind, "config_fingerprint": stage.config_fp, "config": stage.config_record,
-            "inputs": inputs, "artifacts": outcome.artifacts, "output_fingerprint": outcome.output_fp,
+            "inputs": inputs, "artifacts": markers.relative_to_run(outcome.artifacts, recipe.run_dir), "output_fingerprint": outcome.output_fp,
             "info": outcome.info, "wall_s": round(time.perf_counter() - t0, 1), "resumed": resumed,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })

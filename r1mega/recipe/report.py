@@ -41,7 +41,7 @@ def collect_rows(recipe: RecipeConfig) -> list[dict[str, Any]]:
         marker = markers.read_marker(d)
         if marker is None or "eval" not in marker.get("artifacts", {}):
             continue
-        ev = _read(Path(marker["artifacts"]["eval"]))
+        ev = _read(markers.artifact_path(marker, "eval", recipe.run_dir))
         if ev is None:
             continue
         m = ev.get("all", {})
