@@ -24,7 +24,7 @@ from typing import Any, Literal, Optional
 from r1mega.configlib import ConfigError
 
 __all__ = [
-    "KINDS", "TRAINING_KINDS", "SampleConfig", "NonReasoningConfig", "SelectConfig", "StageConfig",
+    "is_path", "KINDS", "TRAINING_KINDS", "SampleConfig", "NonReasoningConfig", "SelectConfig", "StageConfig",
     "RecipeEvalConfig", "RecipeConfig", "load_recipe",
 ]
 
@@ -37,6 +37,11 @@ WIRED_KEYS: tuple[str, ...] = (
     "run.output_dir", "run.name", "checkpoint.dir", "checkpoint.init_from", "checkpoint.resume", "rl.base_config",
 )
 """Job-config keys the pipeline sets itself (where each stage writes, what it starts from)."""
+
+
+def is_path(ref: str) -> bool:
+    """A stage input given as a directory (an external checkpoint or HF model), not a stage name."""
+    return "/" in ref or ref.startswith("~") or bool(Path(ref).suffix)
 
 
 @dataclass(kw_only=True)
@@ -132,8 +137,9 @@ class StageConfig:
     """Job config fragment (the sections `r1mega pretrain/sft/train` take); for sample stages, the
     `data` and `rollout` sections that say where prompts come from and how they are templated."""
     init: Optional[str] = None
-    """Training stages: the stage whose final checkpoint gives the starting weights (None: the
-    config's own `checkpoint.init_from` is refused; pretraining starts from random weights)."""
+    """Training stages: the stage whose final checkpoint gives the starting weights, or a directory
+    (a megatron checkpoint of a base model converted with tools/convert_hf_to_mcore.py); pretraining
+    starts from random weights."""
     data: Optional[str] = None
     """sft/distill: the select stage whose dataset to train on."""
     checkpoint: Optional[str] = None
@@ -214,8 +220,8 @@ class RecipeConfig:
             for role, ref in st.inputs.items():
                 if ref in seen:
                     continue
-                if role in ("checkpoint", "judge_model") and ("/" in ref or Path(ref).suffix):
-                    continue  # an HF directory, not a stage
+                if role in ("init", "checkpoint", "judge_model") and is_path(ref):
+                    continue  # a directory, not a stage
                 later = [s.name for s in self.stages[i + 1:]]
                 where = "a later stage" if ref in later else "no stage"
                 raise ConfigError(f"stages[{i}] ({st.name}).{role}: {ref!r} is {where}; known earlier stages: {list(seen)}")

@@ -12,7 +12,7 @@ from typing import Any
 
 from r1mega.config import Config
 from r1mega.configlib import ConfigError, deep_merge, from_dict, load_yaml_tree, resolve_path, strip_internal, to_dict
-from r1mega.recipe.config import RecipeConfig, StageConfig
+from r1mega.recipe.config import RecipeConfig, StageConfig, is_path
 
 __all__ = ["stage_dir", "checkpoint_root", "dataset_path", "samples_path", "build_job_config", "job_record"]
 
@@ -77,7 +77,7 @@ def _wire(recipe: RecipeConfig, st: StageConfig, raw: dict) -> dict:
     if st.kind == "rl":
         raw = deep_merge(raw, {"rl": {"base_config": None}})
     if st.init:
-        raw["checkpoint"]["init_from"] = str(checkpoint_root(recipe, st.init))
+        raw["checkpoint"]["init_from"] = st.init if is_path(st.init) else str(checkpoint_root(recipe, st.init))
     if st.kind in ("sft", "distill"):
         raw = deep_merge(raw, {"data": {"source": "files", "train_files": [str(dataset_path(recipe, st.data))],
                                         "test_files": []},

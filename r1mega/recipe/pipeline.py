@@ -26,7 +26,7 @@ from typing import Any, Optional
 from r1mega.config import Config
 from r1mega.configlib import strip_internal, to_dict
 from r1mega.recipe import markers
-from r1mega.recipe.config import TRAINING_KINDS, RecipeConfig, StageConfig
+from r1mega.recipe.config import TRAINING_KINDS, RecipeConfig, StageConfig, is_path
 from r1mega.recipe.jobconfig import build_job_config, checkpoint_root, dataset_path, job_record, samples_path, stage_dir
 
 __all__ = ["RecipeError", "Stage", "prepare", "run_recipe", "RecipeResult"]
@@ -101,10 +101,6 @@ def _check_stage_sections(st: StageConfig) -> None:
         from_dict(JudgeConfig, st.select.judge, where=f"stages.{st.name}.select.judge")
 
 
-def _is_path(ref: str) -> bool:
-    return "/" in ref or bool(Path(ref).suffix)
-
-
 def _output_fp(recipe: RecipeConfig, name: str) -> Optional[str]:
     m = markers.read_marker(stage_dir(recipe, name))
     return None if m is None else m["output_fingerprint"]
@@ -113,7 +109,7 @@ def _output_fp(recipe: RecipeConfig, name: str) -> Optional[str]:
 def _input_fps(recipe: RecipeConfig, st: StageConfig) -> dict[str, Optional[str]]:
     out = {}
     for role, ref in st.inputs.items():
-        if _is_path(ref):
+        if is_path(ref):
             out[role] = markers.fingerprint({"path": str(Path(ref).resolve())})
         else:
             out[role] = _output_fp(recipe, ref)
@@ -123,7 +119,7 @@ def _input_fps(recipe: RecipeConfig, st: StageConfig) -> dict[str, Optional[str]
 def _check_inputs(recipe: RecipeConfig, stages: dict[str, Stage], st: StageConfig, made_here: set[str]) -> None:
     """Inputs of a stage that will run: present (or made earlier in this run), same model."""
     for role, ref in st.inputs.items():
-        if _is_path(ref):
+        if is_path(ref):
             if not Path(ref).is_dir():
                 raise RecipeError(f"stage {st.name}: {role} {ref} does not exist")
             continue
@@ -132,7 +128,13 @@ def _check_inputs(recipe: RecipeConfig, stages: dict[str, Stage], st: StageConfi
                 f"stage {st.name}: input {role} comes from stage {ref}, which has not completed "
                 f"(no {stage_dir(recipe, ref) / markers.MARKER}); run it first (r1mega recipe CONFIG --only {ref})"
             )
-    if st.init:
+    if st.init and is_path(st.init):
+        from r1mega.training.checkpoint import INFO_FILE, find_latest_checkpoint
+
+        ckpt = Path(st.init) if (Path(st.init) / INFO_FILE).is_file() else find_latest_checkpoint(st.init)
+        if ckpt is not None:  # a training checkpoint records its model; a converted base is checked on load
+            _check_checkpoint_model(st, ckpt, stages[st.name].job)
+    elif st.init:
         here, there = _model_dict(stages[st.name].job), _model_dict(stages[st.init].job)
         diffs = [k for k in sorted(set(here) | set(there)) if here.get(k) != there.get(k)]
         if diffs:
@@ -229,7 +231,7 @@ def run_recipe(recipe: RecipeConfig, *, from_stage: Optional[str] = None, only: 
             continue
         resumed = markers.read_marker(stage.dir, markers.STARTED) is not None
         # an upstream stage finished in this run: check the model of its checkpoint now
-        if stage.cfg.init:
+        if stage.cfg.init and not is_path(stage.cfg.init):
             marker = markers.read_marker(stage_dir(recipe, stage.cfg.init))
             _check_checkpoint_model(stage.cfg, markers.artifact_path(marker, "checkpoint", recipe.run_dir), stage.job)
         inputs = _input_fps(recipe, stage.cfg)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from r1mega.recipe import markers
-from r1mega.recipe.config import RecipeConfig
+from r1mega.recipe.config import RecipeConfig, is_path
 from r1mega.recipe.jobconfig import checkpoint_root, dataset_path, samples_path, stage_dir
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def _judge_engine(recipe: RecipeConfig, stage: "Stage"):
     from r1mega.rollout.engines import make_engine
 
     ref = stage.cfg.select.judge_model
-    if "/" in ref or Path(ref).suffix:
+    if is_path(ref):
         model_dir = Path(ref)
         tokenizer = load_tokenizer(str(model_dir))
     else:
@@ -130,7 +130,7 @@ def _eval_stage(recipe: RecipeConfig, stage: "Stage", heldout: list[Path]) -> St
     from r1mega.recipe.evaluate import evaluate
 
     ref = stage.cfg.checkpoint
-    model = Path(ref) if ("/" in ref or Path(ref).suffix) else checkpoint_root(recipe, ref)
+    model = Path(ref) if is_path(ref) else checkpoint_root(recipe, ref)
     evaluate(recipe, model, heldout, stage.dir / "eval", stage.job)
     path = stage.dir / "eval" / "eval.json"
     return StageOutcome({"eval": str(path)}, markers.file_sha256(path), {"model": str(model)})
