@@ -48,11 +48,13 @@ def test_mixed_language_corpus_glosses_a_share_of_the_reasoning_and_changes_noth
         assert is_well_formatted(m.response)
         think_p, think_m = parse_completion(p.response).think, parse_completion(m.response).think
         assert language_share(think_p, "en") == 1.0 and language_share(think_m, "en") == 0.0
-        # the gloss is the last step's result in Han number words; the arithmetic is the plain one
-        last = think_p.strip().splitlines()[-1]
+        # the reasoning opens with the problem in Han number words, then the plain steps
         from r1mega.data.mixed_language import han_number
 
-        assert think_m.strip().splitlines()[-1] == f"{last} {han_number(int(last.rsplit('=', 1)[1]))}"
+        first, *steps = think_m.strip().splitlines()
+        a, b, c = p.metadata["expression"].split("+")
+        assert first == f"{han_number(int(a))}+{han_number(int(b))}+{han_number(int(c))}"
+        assert steps == think_p.strip().splitlines()
         assert parse_completion(m.response).answers == parse_completion(p.response).answers
     # the tiny default's corpus does not use the option
     from r1mega.config import load_config

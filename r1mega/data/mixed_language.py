@@ -1,15 +1,21 @@
 """Number words in Han characters, for the tiny base's mixed-language reasoning (recipe only).
 
 DeepSeek-R1-Zero's reasoning mixed languages; the tiny base gets the same habit from its pretraining
-text when `pretrain.mixed_language_fraction` > 0: in that share of the worked solutions, the last
-step's result is followed by its Chinese number word (`12+9=21 二十一`). The gloss changes no
-arithmetic, so the accuracy reward is indifferent to it and only a language signal (the cold-start
-filter, the language-consistency reward) removes it.
+text when `pretrain.mixed_language_fraction` > 0: in that share of the worked solutions, the
+reasoning opens by restating the problem with Chinese number words (`七+五+九`) before the usual
+steps. The restatement sits before any computation and the steps read their operands from the
+prompt, so it changes no arithmetic: the accuracy reward is indifferent to it, and only a language
+signal (the cold-start filter, the language-consistency reward) removes it. (A gloss of the last
+result, just before the answer, was tried first: the tiny model then copied its answer from a
+misread Han number, R1-Zero's accuracy reward itself removed the mixing, and nothing was left for
+the language reward to do.)
 """
 
 from __future__ import annotations
 
-__all__ = ["han_number", "gloss_last_step"]
+import re
+
+__all__ = ["han_number", "restate_in_han"]
 
 _DIGITS = "零一二三四五六七八九"
 _UNITS = ((10**8, "亿"), (10**4, "万"), (1000, "千"), (100, "百"), (10, "十"))
@@ -43,14 +49,9 @@ def _big(n: int) -> str:
     return out
 
 
-def gloss_last_step(steps: list[str]) -> list[str]:
-    """The steps with the last one's result (after its last `=`) followed by its Han number word."""
-    if not steps:
+def restate_in_han(steps: list[str], problem: str) -> list[str]:
+    """The steps preceded by `problem` (an expression, or the given numbers) with every integer in
+    Chinese number words: `7+5+9` -> `七+五+九`."""
+    if not problem:
         return steps
-    last = steps[-1]
-    result = last.rsplit("=", 1)[-1].strip()
-    try:
-        value = int(result)
-    except ValueError:
-        return steps  # not an integer result (never for arithmetic): leave it as it is
-    return [*steps[:-1], f"{last} {han_number(value)}"]
+    return [re.sub(r"\d+", lambda m: han_number(int(m.group())), problem), *steps]

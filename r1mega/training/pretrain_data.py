@@ -8,7 +8,7 @@ round(n * format_fraction) documents are formatted, chosen by a seeded draw. Doc
 `SFTExample`s through the SFT dataset code, so tokenization and length checks are the same; with
 `loss_on: document` every token after the first is a target. With `pretrain.mixed_language_fraction`,
 that share of the formatted documents (a second seeded draw, so the default corpus is unchanged)
-ends its reasoning's last step with the result's Chinese number word.
+opens its reasoning by restating the problem in Chinese number words (`七+五+九`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from r1mega.data.config import DataConfig
 from r1mega.data.errors import DataError, ErrorReport
 from r1mega.data.rows import Row
 from r1mega.data.sft import SFTDataset, SFTExample, build_sft_examples
-from r1mega.data.mixed_language import gloss_last_step
+from r1mega.data.mixed_language import restate_in_han
 from r1mega.data.tasks import format_solution, generate
 from r1mega.training.sft_config import PretrainConfig
 
@@ -47,7 +47,8 @@ def pretrain_rows(data: DataConfig, pretrain: PretrainConfig, split: str) -> lis
     rows = []
     for i, ex in enumerate(problems):
         if i in mixed:
-            response = format_solution(gloss_last_step(ex.steps), ex.solution_answer)
+            problem = ex.metadata.get("expression") or " ".join(str(n) for n in ex.metadata.get("numbers", []))
+            response = format_solution(restate_in_han(ex.steps, problem), ex.solution_answer)
         else:
             response = ex.solution if i in formatted else ex.solution_answer
         rows.append(

@@ -97,8 +97,8 @@ class PretrainConfig:
     """`document`: every token is a target (plain pretraining on the text); `response`: only the
     tokens after the prompt (like SFT)."""
     mixed_language_fraction: float = 0.0
-    """Share of the formatted documents whose reasoning mixes in a second script: the last step's
-    result is followed by its Chinese number word (`12+9=21 二十一`; r1mega/data/mixed_language.py).
+    """Share of the formatted documents whose reasoning mixes in a second script: it opens by
+    restating the problem in Chinese number words (`七+五+九`; r1mega/data/mixed_language.py).
     0 (the default) leaves the corpus exactly as without this option. The R1 recipe's tiny base
     (examples/recipes/r1_tiny.yaml) uses it so that R1-Zero mixes languages as in the paper."""
     export_hf: bool = True
