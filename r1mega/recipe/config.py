@@ -202,6 +202,9 @@ class RecipeConfig:
     output_dir: str = "runs"
     defaults: Optional[str] = None
     """A job config file (r1mega train/sft/pretrain) under every stage's job config."""
+    common: dict[str, Any] = field(default_factory=dict)
+    """A job config fragment merged over `defaults` for every stage (before a stage's `base` and
+    `config`), e.g. rollout batch sizes."""
     eval: RecipeEvalConfig = field(default_factory=RecipeEvalConfig)
     stages: list[StageConfig] = field(default_factory=list)
     compare: list[list[str]] = field(default_factory=list)

@@ -1,4 +1,4 @@
-"""A stage's job config: the recipe's `defaults` <- the stage's `base` <- its `config` fragment, plus
+"""A stage's job config: the recipe's `defaults` <- `common` <- the stage's `base` <- its `config` fragment, plus
 the keys that wire it into the pipeline (run directory, starting checkpoint, dataset).
 
 The result is the same `Config` the single commands (`r1mega pretrain/sft/train`) run, so a stage
@@ -62,6 +62,8 @@ def _raw_job_config(recipe: RecipeConfig, st: StageConfig) -> dict:
     raw: dict[str, Any] = {}
     if recipe.defaults:
         raw = _merge_layer(raw, _load(recipe.defaults, base_dir, "defaults"), base_dir, "defaults")
+    if recipe.common:
+        raw = _merge_layer(raw, {"__dir__": str(base_dir), **recipe.common}, base_dir, "common")
     if st.base:
         raw = _merge_layer(raw, _load(st.base, base_dir, f"stages.{st.name}.base"), base_dir, f"stages.{st.name}.base")
     fragment = {"__dir__": str(base_dir), **st.config}
