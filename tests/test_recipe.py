@@ -53,10 +53,13 @@ def _write_recipe(tmp: Path, recipe: dict) -> Path:
     return path
 
 
-def _run(recipe: Path, out: Path, *args: str, fail_after: str | None = None) -> subprocess.CompletedProcess:
+def _run(recipe: Path, out: Path, *args: str, fail_after: str | None = None,
+         signal_after: str | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "tests._recipe_fns"]
     if fail_after:
         cmd += ["--fail-after", fail_after]
+    if signal_after:
+        cmd += ["--signal-after", signal_after]
     cmd += ["--", str(recipe), f"output_dir={out}", *args]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
@@ -97,6 +100,34 @@ def runs(tmp_path_factory):
     assert b2.returncode == 0, b2.stdout + b2.stderr
     return {"recipe": recipe, "a": tmp / "a" / "micro", "b": tmp / "b" / "micro", "out_b": tmp / "b",
             "b1": b1, "b2": b2, "tmp": tmp}
+
+
+def test_a_signal_inside_a_stage_saves_stops_the_pipeline_and_a_rerun_continues(runs):
+    """SIGTERM after the step-2 checkpoint of zero (rl): the job saves step 3 (its next step boundary)
+    and the pipeline stops with exit 0 before any later stage; the rerun continues zero from step 3
+    and ends with the uninterrupted run's weights."""
+    tmp, recipe = runs["tmp"], runs["recipe"]
+    rl_micro = yaml.safe_load(recipe.read_text())
+    rl_micro["stages"][1]["config"]["rl"]["steps"] = 4
+    rl_micro["stages"][1]["config"]["checkpoint"] = {"save_every": 2}
+    rl_micro["stages"] = rl_micro["stages"][:2]
+    path = tmp / "rl_recipe.yaml"
+    path.write_text(yaml.safe_dump(rl_micro, sort_keys=False))
+    whole = _run(path, tmp / "whole")
+    assert whole.returncode == 0, whole.stderr
+    c1 = _run(path, tmp / "c", signal_after="zero:2")
+    assert c1.returncode == 0, c1.stderr
+    assert "stage zero: stopped by a signal" in c1.stdout and "stopped inside stage zero" in c1.stdout
+    c = tmp / "c" / "micro"
+    assert not (c / "zero" / "stage.json").exists() and (c / "zero" / "checkpoints" / "iter_0000003").is_dir()
+    c2 = _run(path, tmp / "c")
+    assert c2.returncode == 0, c2.stderr
+    assert "stage zero (rl): continuing an interrupted run" in c2.stdout and "at step 3" in c2.stdout
+    wa = _weights(_artifact(tmp / "whole" / "micro", "zero", "checkpoint"))
+    wc = _weights(_artifact(c, "zero", "checkpoint"))
+    assert _artifact(c, "zero", "checkpoint").name == "iter_0000004"
+    for k in wa:
+        assert (wa[k] == wc[k]).all(), k
 
 
 def _marker(run: Path, stage: str) -> dict:
