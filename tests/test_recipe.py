@@ -241,6 +241,18 @@ def test_input_checkpoint_of_another_model_is_refused(runs, tmp_path):
     assert (b / "micro" / "sft" / "stage.json").is_file()  # nothing was removed
 
 
+def test_a_missing_input_artifact_is_refused(runs, tmp_path):
+    import shutil
+
+    b = tmp_path / "copy"
+    shutil.copytree(runs["out_b"], b)
+    (b / "micro" / "picked" / "dataset.jsonl").unlink()
+    res = _run(runs["recipe"], b, "--from", "sft", "--only", "sft")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "stage sft: input data:" in res.stderr and "dataset.jsonl (dataset of stage picked) is missing" in res.stderr
+    assert (b / "micro" / "sft" / "stage.json").is_file()
+
+
 def test_from_reruns_that_stage_and_the_later_ones(runs, tmp_path):
     import shutil
 

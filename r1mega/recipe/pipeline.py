@@ -123,11 +123,21 @@ def _check_inputs(recipe: RecipeConfig, stages: dict[str, Stage], st: StageConfi
             if not Path(ref).is_dir():
                 raise RecipeError(f"stage {st.name}: {role} {ref} does not exist")
             continue
-        if ref not in made_here and markers.read_marker(stage_dir(recipe, ref)) is None:
+        if ref in made_here:
+            continue
+        marker = markers.read_marker(stage_dir(recipe, ref))
+        if marker is None:
             raise RecipeError(
                 f"stage {st.name}: input {role} comes from stage {ref}, which has not completed "
                 f"(no {stage_dir(recipe, ref) / markers.MARKER}); run it first (r1mega recipe CONFIG --only {ref})"
             )
+        for key in marker.get("artifacts", {}):
+            path = markers.artifact_path(marker, key, recipe.run_dir)
+            if not path.exists():
+                raise RecipeError(
+                    f"stage {st.name}: input {role}: {path} ({key} of stage {ref}) is missing; "
+                    f"rerun that stage with --from {ref}"
+                )
     if st.init and is_path(st.init):
         from r1mega.training.checkpoint import INFO_FILE, find_latest_checkpoint
 
