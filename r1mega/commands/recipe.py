@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rerun this stage and every later one (their directories are replaced)")
     parser.add_argument("--only", default=None, metavar="STAGE", help="run only this stage")
     parser.add_argument("--check", action="store_true", help="validate the recipe and every stage's config, run nothing")
+    parser.add_argument("--print-config", default=None, metavar="STAGE",
+                        help="print a stage's resolved job config (to launch a multi-node stage with the single command)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +34,15 @@ def run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.config, list(args.overrides))
     try:
+        if args.print_config is not None:
+            import yaml
+
+            from r1mega.configlib import strip_internal, to_dict
+            from r1mega.recipe.jobconfig import build_job_config
+
+            yaml.safe_dump(strip_internal(to_dict(build_job_config(recipe, recipe.stage(args.print_config)))),
+                           sys.stdout, sort_keys=False)
+            return 0
         if args.check:
             stages = prepare(recipe)
             print(f"{args.config}: {len(stages)} stages valid: " + ", ".join(f"{n} ({s.cfg.kind})" for n, s in stages.items()))

@@ -199,6 +199,14 @@ def _plan(recipe: RecipeConfig, stages: dict[str, Stage], selected: list[str], r
 
 
 def run_recipe(recipe: RecipeConfig, *, from_stage: Optional[str] = None, only: Optional[str] = None) -> RecipeResult:
+    from r1mega.parallel.distributed import launch_env
+
+    if launch_env().world_size > 1:
+        raise RecipeError(
+            "r1mega recipe runs in one process (its records and data stages are not shared between ranks); "
+            "launch a multi-node stage with its single command on `r1mega recipe CONFIG --print-config STAGE`, "
+            "then record it with `r1mega recipe CONFIG --only STAGE` (docs/recipe.md)"
+        )
     names = [s.name for s in recipe.stages]
     for flag, value in (("--from", from_stage), ("--only", only)):
         if value is not None and value not in names:
