@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 MICRO = {
     "name": "micro",
     "defaults": str(REPO / "examples/configs/tiny_pretrain.yaml"),
-    "eval": {"config": {}},
+    "eval": {"config": {"samples_per_prompt": 2, "max_prompts": 4, "max_new_tokens": 16}},
     "stages": [
         {"name": "base", "kind": "pretrain", "eval": False, "config": {
             "data": {"procedural": {"train_size": 64, "test_size": 8}},
@@ -40,7 +40,7 @@ MICRO = {
          "sample": {"n": 2, "max_prompts": 6, "max_new_tokens": 16, "prompts_per_chunk": 4}},
         {"name": "picked", "kind": "select", "samples": "samples",
          "select": {"filters": [], "nonreasoning": {"count": 3}}},
-        {"name": "sft", "kind": "sft", "init": "base", "data": "picked", "eval": False, "config": {
+        {"name": "sft", "kind": "sft", "init": "base", "data": "picked", "config": {
             "sft": {"steps": 4, "global_batch_size": 4, "micro_batch_size": 4, "eval_every": 0},
             "optimizer": {"lr_warmup_steps": 0}, "checkpoint": {"save_every": 2}, "logging": {"tensorboard": False, "print_every": 0}}},
     ],
@@ -168,6 +168,20 @@ def test_interrupted_stage_continues_and_matches_the_uninterrupted_run(runs):
     # the comparison sees real weights: training moved them
     base, sft = _weights(_artifact(a, "base", "checkpoint")), _weights(_artifact(a, "sft", "checkpoint"))
     assert any(not (base[k] == sft[k]).all() for k in base)
+
+
+def test_training_stages_end_with_the_held_out_evaluation_and_the_report_has_them(runs):
+    b = runs["b"]
+    ev = json.loads(_artifact(b, "sft", "eval").read_text())
+    greedy = json.loads((b / "sft" / "eval" / "greedy" / "eval.json").read_text())
+    heldout = b / "heldout" / "arithmetic_test.jsonl"
+    assert list(ev["files"]) == list(greedy["files"]) and heldout.is_file()
+    assert ev["all"]["prompts"] == 4 and ev["all"]["samples"] == 8 and greedy["all"]["samples"] == 4
+    report = json.loads((b / "report.json").read_text())
+    (row,) = report["stages"]  # the only evaluated stage
+    assert row["stage"] == "sft" and row["pass@1"] == ev["all"]["pass@1"] and row["accuracy"] == greedy["all"]["pass@1"]
+    assert row["language_consistency"] == ev["all"]["language_consistency"] and row["trained_sequences"] == 16
+    assert "| sft | sft |" in (b / "report.md").read_text() and (b / "report.png").stat().st_size > 0
 
 
 def test_provenance_traces_every_kept_sample_to_its_prompt_and_checkpoint(runs):
