@@ -9,6 +9,7 @@ import pytest
 from r1mega.configlib import ConfigError, from_dict
 from r1mega.recipe.judge import JudgeConfig, judge_prompt, judge_samples, parse_verdict, verdict_counts
 from r1mega.rollout.types import Sample
+from tests.rollout_helpers import one_torch_thread  # noqa: F401  (autouse: tiny models run fastest on one thread)
 
 
 @pytest.fixture(scope="module")
