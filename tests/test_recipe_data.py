@@ -169,3 +169,20 @@ def test_example_recipes_validate(recipe):
     assert list(stages) == [s.name for s in r.stages]
     kinds = {s.cfg.kind for s in stages.values()}
     assert {"rl", "sample", "select", "sft", "distill"} <= kinds
+
+
+def test_select_with_a_judge_keeps_accepted_samples_and_counts_the_rest(tmp_path):
+    from r1mega.data.tokenizer import load_tokenizer
+    from r1mega.recipe.config import SelectConfig
+    from r1mega.recipe.select import run_select
+    from tests.test_recipe_judge import FixedEngine, sample
+
+    tok = load_tokenizer("tiny")
+    engine = FixedEngine(tok, {"ANSWER-A": " yes", "ANSWER-B": " no", "ANSWER-C": " hmm"})
+    samples = [sample(f"<think>\nwork\n</think> <answer>{k}</answer>", i=i) for i, k in enumerate(["ANSWER-A", "ANSWER-B", "ANSWER-C", "ANSWER-A"])]
+    counts = run_select(SelectConfig(filters=["closed_reasoning"], judge={}, judge_model="judge/dir"),
+                        _write(tmp_path, samples), "picked", tmp_path, judge_engine=engine, tokenizer=tok)
+    assert counts["removed"] == {"closed_reasoning": 0, "judge": 1, "judge_unparsable": 1} and counts["kept"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "dataset.jsonl").read_text().splitlines()]
+    assert [r["metadata"]["provenance"]["prompt_id"] for r in rows] == ["q0", "q3"]
+    assert all(r["metadata"]["provenance"]["filters_passed"] == ["closed_reasoning", "judge"] for r in rows)
