@@ -21,13 +21,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from r1mega.config import Config
 from r1mega.configlib import strip_internal, to_dict
 from r1mega.recipe import markers
 from r1mega.recipe.config import TRAINING_KINDS, RecipeConfig, StageConfig, is_path
-from r1mega.recipe.jobconfig import build_job_config, checkpoint_root, dataset_path, job_record, samples_path, stage_dir
+from r1mega.recipe.jobconfig import build_job_config, job_record, stage_dir
 
 __all__ = ["RecipeError", "Stage", "prepare", "run_recipe", "RecipeResult"]
 
@@ -284,10 +284,4 @@ def _report(recipe: RecipeConfig) -> None:
     path = write_report(recipe)
     if path is not None:
         say(f"report: {path}")
-
-
-def stage_artifact_paths(recipe: RecipeConfig, name: str) -> dict[str, Any]:
-    """Where a stage's artifacts go (for docs and tests)."""
-    return {"dir": stage_dir(recipe, name), "checkpoints": checkpoint_root(recipe, name),
-            "dataset": dataset_path(recipe, name), "samples": samples_path(recipe, name)}
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Optional
 
 from r1mega.recipe import markers
 from r1mega.recipe.config import RecipeConfig, is_path
-from r1mega.recipe.jobconfig import checkpoint_root, dataset_path, samples_path, stage_dir
+from r1mega.recipe.jobconfig import checkpoint_root, dataset_path, samples_path
 
 if TYPE_CHECKING:
     from r1mega.recipe.pipeline import Stage
@@ -135,6 +135,3 @@ def _eval_stage(recipe: RecipeConfig, stage: "Stage", heldout: list[Path]) -> St
     path = stage.dir / "eval" / "eval.json"
     return StageOutcome({"eval": str(path)}, markers.file_sha256(path), {"model": str(model)})
 
-
-def stage_dirs(recipe: RecipeConfig) -> list[Path]:
-    return [stage_dir(recipe, s.name) for s in recipe.stages]
