@@ -99,7 +99,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     names = [r["stage"] for r in rows]
     titles = {"accuracy": "greedy accuracy", "pass@1": "pass@1", "cons@k": "cons@k", "format": "format rate",
               "language_consistency": "language consistency", "mean_length": "mean length (tokens)"}
-    fig, axes = plt.subplots(2, 3, figsize=(max(9.0, 1.1 * len(names) * 3), 6.5))
+    fig, axes = plt.subplots(3, 2, figsize=(max(8.0, 0.55 * len(names) * 2 + 2), 10.0))
     for ax, key in zip(axes.flat, METRIC_COLUMNS):
         values = [r[key] if r[key] is not None else 0.0 for r in rows]
         ax.bar(range(len(names)), values, color="#4C72B0")
@@ -107,7 +107,7 @@ def _plot(rows: list[dict], path: Path) -> None:
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
         if key != "mean_length":
-            ax.set_ylim(0, 1.05)
+            ax.set_ylim(0, 1.12)
         for i, v in enumerate(values):
             ax.text(i, v, f"{v:.2f}" if key != "mean_length" else f"{v:.0f}", ha="center", va="bottom", fontsize=7)
     fig.tight_layout()
