@@ -43,6 +43,7 @@ MICRO = {
         {"name": "sft", "kind": "sft", "init": "base", "data": "picked", "config": {
             "sft": {"steps": 4, "global_batch_size": 4, "micro_batch_size": 4, "eval_every": 0},
             "optimizer": {"lr_warmup_steps": 0}, "checkpoint": {"save_every": 2}, "logging": {"tensorboard": False, "print_every": 0}}},
+        {"name": "eval_zero", "kind": "eval", "checkpoint": "zero"},
     ],
 }
 
@@ -178,7 +179,10 @@ def test_training_stages_end_with_the_held_out_evaluation_and_the_report_has_the
     assert list(ev["files"]) == list(greedy["files"]) and heldout.is_file()
     assert ev["all"]["prompts"] == 4 and ev["all"]["samples"] == 8 and greedy["all"]["samples"] == 4
     report = json.loads((b / "report.json").read_text())
-    (row,) = report["stages"]  # the only evaluated stage
+    row, zero = report["stages"]  # the evaluated stages, in recipe order
+    ev_zero = json.loads(_artifact(b, "eval_zero", "eval").read_text())
+    assert zero["stage"] == "eval_zero" and zero["pass@1"] == ev_zero["all"]["pass@1"]
+    assert ev_zero["model_path"].endswith("iter_0000002") and ev_zero["all"]["samples"] == 8
     assert row["stage"] == "sft" and row["pass@1"] == ev["all"]["pass@1"] and row["accuracy"] == greedy["all"]["pass@1"]
     assert row["language_consistency"] == ev["all"]["language_consistency"] and row["trained_sequences"] == 16
     assert "| sft | sft |" in (b / "report.md").read_text() and (b / "report.png").stat().st_size > 0
@@ -215,7 +219,7 @@ def test_rerun_skips_completed_stages_and_changes_nothing(runs):
     before = {s: (b / s / "stage.json").read_bytes() for s in ("base", "zero", "samples", "picked", "sft")}
     again = _run(runs["recipe"], runs["out_b"])
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("complete, skipped") == 5
+    assert again.stdout.count("complete, skipped") == 6
     assert before == {s: (b / s / "stage.json").read_bytes() for s in before}
 
 
