@@ -119,7 +119,7 @@ def test_run_eval_metrics_per_task_file_and_overall(tmp_path, scripted):
     assert m["pass@4"] == pytest.approx(1.0)
     assert m["cons@4"] == pytest.approx(0.5)  # 9 wins the tie against 1,000 = 1000; 14 beats 15
     assert m["format"] == pytest.approx(7 / 8)
-    assert m["language_consistency"] == pytest.approx(7 / 8)  # the unformatted one has no reasoning: 0
+    assert m["language_consistency"] == 1.0  # the one without reasoning does not count
 
     mx = report["files"]["mixed.jsonl"]
     cd = mx["tasks"]["countdown"]
