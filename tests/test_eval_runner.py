@@ -213,3 +213,13 @@ def test_model_resolution(tmp_path):
     with pytest.raises(ValueError, match="incomplete checkpoint"):
         (run / "checkpoints" / "iter_0000020.incomplete" / "r1mega.json").write_text('{"step": 20}')
         resolve_model(run / "checkpoints" / "iter_0000020.incomplete")
+
+
+def test_megatron_loading_refuses_to_run_inside_an_existing_process_group(tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    from r1mega.eval.model_source import _megatron_weights
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    with pytest.raises(RuntimeError, match="builds its own one-process group"):
+        _megatron_weights(tmp_path, 1 << 20)
