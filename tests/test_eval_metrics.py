@@ -94,7 +94,7 @@ def test_aggregate_averages_per_prompt_and_per_sample():
         answers = [("right" if c else rng.choice(["w1", "w2", None])) for c in correct]
         results.append(_result("t", correct, answers, lengths=[rng.randint(1, 50) for _ in range(k)],
                                formatted=[rng.random() < 0.7 for _ in range(k)],
-                               language=[rng.random() for _ in range(k)]))
+                               language=[rng.choice([None, rng.random()]) for _ in range(k)]))
     m = aggregate(results, [1, 2, 4], k)
     assert m["prompts"] == 9 and m["samples"] == 36
     for j in (1, 2, 4):
@@ -103,7 +103,11 @@ def test_aggregate_averages_per_prompt_and_per_sample():
     assert m["pass@1"] == pytest.approx(sum(sum(r.correct) for r in results) / 36)
     assert m["cons@4"] == pytest.approx(sum(brute_majority(list(r.answers)) == "right" for r in results) / 9)
     assert m["format"] == pytest.approx(sum(sum(r.formatted) for r in results) / 36)
-    assert m["language_consistency"] == pytest.approx(sum(sum(r.language) for r in results) / 36)
+    shares = [x for r in results for x in r.language if x is not None]
+    assert 0 < len(shares) < 36
+    assert m["language_consistency"] == pytest.approx(sum(shares) / len(shares))
+    no_reasoning = [_result("t", [True], ["1"], language=[None])]
+    assert aggregate(no_reasoning, [1], 1)["language_consistency"] == 0.0
     assert m["mean_length"] == pytest.approx(sum(sum(r.lengths) for r in results) / 36)
 
 

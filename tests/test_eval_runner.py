@@ -119,7 +119,7 @@ def test_run_eval_metrics_per_task_file_and_overall(tmp_path, scripted):
     assert m["pass@4"] == pytest.approx(1.0)
     assert m["cons@4"] == pytest.approx(0.5)  # 9 wins the tie against 1,000 = 1000; 14 beats 15
     assert m["format"] == pytest.approx(7 / 8)
-    assert m["language_consistency"] == pytest.approx(7 / 8)  # the unformatted one has no reasoning: 0
+    assert m["language_consistency"] == 1.0  # the one without reasoning does not count
 
     mx = report["files"]["mixed.jsonl"]
     cd = mx["tasks"]["countdown"]
@@ -213,3 +213,13 @@ def test_model_resolution(tmp_path):
     with pytest.raises(ValueError, match="incomplete checkpoint"):
         (run / "checkpoints" / "iter_0000020.incomplete" / "r1mega.json").write_text('{"step": 20}')
         resolve_model(run / "checkpoints" / "iter_0000020.incomplete")
+
+
+def test_megatron_loading_refuses_to_run_inside_an_existing_process_group(tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    from r1mega.eval.model_source import _megatron_weights
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    with pytest.raises(RuntimeError, match="builds its own one-process group"):
+        _megatron_weights(tmp_path, 1 << 20)

@@ -4,6 +4,8 @@
   with n samples of which c are correct, the probability that at least one of k samples drawn
   without replacement from the n is correct: 1 - C(n-c, k) / C(n, k). Averaged over prompts.
 - pass@1 is its k=1 case, c/n: the accuracy averaged over the k samples (DeepSeek-R1's pass@1).
+- language consistency: the mean share of target-language words in the reasoning, over the samples
+  that have a reasoning block (so it measures the language, not the format).
 - cons@k: majority vote over the k extracted answers; 1 if the most frequent answer is correct.
   Ties go to the answer seen first; a sample without an answer (None) never wins the vote; all
   None -> no answer -> 0.
@@ -68,8 +70,9 @@ class PromptResult:
     answers: tuple[Optional[str], ...]
     """Extracted (normalised) answers, the votes of cons@k; None where no answer was found."""
     formatted: tuple[bool, ...]
-    language: tuple[float, ...]
-    """Language-consistency score of each sample (share of target-language words in the reasoning)."""
+    language: tuple[Optional[float], ...]
+    """Language consistency of each sample: the share of target-language words in its reasoning;
+    None for a sample without a reasoning block (it has no reasoning whose language could count)."""
     lengths: tuple[int, ...]
     """Response length of each sample in tokens."""
 
@@ -95,7 +98,8 @@ def metric_keys(pass_k: Sequence[int], k: int) -> list[str]:
 
 def aggregate(results: Iterable[PromptResult], pass_k: Sequence[int], k: int) -> dict[str, float]:
     """METRICS over prompts that all have k samples: pass@j and cons@k averaged over prompts,
-    format / language / length averaged over samples."""
+    format and length averaged over samples, language consistency over the samples that have a
+    reasoning block (0.0 when none has one)."""
     results = list(results)
     if not results:
         raise ValueError("aggregate: no prompts")
@@ -109,6 +113,7 @@ def aggregate(results: Iterable[PromptResult], pass_k: Sequence[int], k: int) ->
     out[f"cons@{k}"] = sum(cons_at_k(r.answers, r.correct) for r in results) / p
     samples = p * k
     out["format"] = sum(sum(r.formatted) for r in results) / samples
-    out["language_consistency"] = sum(sum(r.language) for r in results) / samples
+    shares = [x for r in results for x in r.language if x is not None]
+    out["language_consistency"] = sum(shares) / len(shares) if shares else 0.0
     out["mean_length"] = sum(sum(r.lengths) for r in results) / samples
     return out

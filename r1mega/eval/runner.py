@@ -54,7 +54,7 @@ def score_sample(example: Any, response_text: str, n_tokens: int, suite: Any, cf
     return {
         "correct": suite.run("accuracy", view, example.reference)["accuracy"] >= 1.0,
         "formatted": is_well_formatted(completion),
-        "language": 0.0 if parsed.think is None else language_share(parsed.think, cfg.target_language),
+        "language": None if parsed.think is None else language_share(parsed.think, cfg.target_language),
         "answer": vote_key(answer),
         "length": n_tokens,
         "completion": completion,
