@@ -24,6 +24,7 @@ from r1mega.configlib import (
 )
 from r1mega.algorithms.config import AlgorithmConfig
 from r1mega.data.config import DataConfig
+from r1mega.eval.config import EvalConfig
 from r1mega.models.config import ModelConfig
 from r1mega.parallel.config import ParallelConfig
 from r1mega.plan.config import PlanConfig
@@ -38,7 +39,7 @@ from r1mega.rollout.config import RolloutConfig
 
 __all__ = [
     "Config", "RunConfig", "OptimizerConfig", "DataConfig", "RewardConfig", "RolloutConfig", "LoggingConfig",
-    "SFTConfig", "PretrainConfig", "CheckpointConfig", "RLConfig",
+    "SFTConfig", "PretrainConfig", "CheckpointConfig", "RLConfig", "EvalConfig",
     "ConfigError", "load_config", "save_config",
 ]
 
@@ -75,6 +76,8 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """`r1mega eval` (docs/eval.md); the other commands ignore it."""
 
     def validate(self) -> None:
         from r1mega.training.routing_replay import check_routing_replay

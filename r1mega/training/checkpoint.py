@@ -70,6 +70,7 @@ __all__ = [
     "is_complete",
     "checkpoint_name",
     "read_checkpoint_info",
+    "check_checkpoint_model",
     "PreemptionWatcher",
     "INFO_FILE",
     "CheckpointIOStats",
@@ -587,6 +588,13 @@ def _check_model_config(path: Path, info: dict, model_config) -> None:
     ]
     if diffs:
         raise CheckpointError(f"{path}: saved for a different model; " + "; ".join(diffs))
+
+
+def check_checkpoint_model(path: str | os.PathLike, model_config) -> None:
+    """CheckpointError naming the differing fields when the complete checkpoint at `path` was saved
+    for another model than `model_config` (what loading it would refuse), before anything is built."""
+    path = Path(path)
+    _check_model_config(path, read_checkpoint_info(path), model_config)
 
 
 def _explain_load_error(path: Path, e: BaseException) -> CheckpointError:

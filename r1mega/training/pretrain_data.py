@@ -6,7 +6,9 @@ either the worked solution (`<think>` steps `</think> <answer>` answer `</answer
 `wrong_solution_fraction` share of them) or just the solution's answer. Exactly
 round(n * format_fraction) documents are formatted, chosen by a seeded draw. Documents become
 `SFTExample`s through the SFT dataset code, so tokenization and length checks are the same; with
-`loss_on: document` every token after the first is a target.
+`loss_on: document` every token after the first is a target. With `pretrain.mixed_language_fraction`,
+that share of the formatted documents (a second seeded draw, so the default corpus is unchanged)
+opens its reasoning by restating the problem in Chinese number words (`七+五+九`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from r1mega.data.config import DataConfig
 from r1mega.data.errors import DataError, ErrorReport
 from r1mega.data.rows import Row
 from r1mega.data.sft import SFTDataset, SFTExample, build_sft_examples
-from r1mega.data.tasks import generate
+from r1mega.data.mixed_language import restate_in_han
+from r1mega.data.tasks import format_solution, generate
 from r1mega.training.sft_config import PretrainConfig
 
 __all__ = ["pretrain_rows", "load_pretrain_dataset"]
@@ -36,9 +39,18 @@ def pretrain_rows(data: DataConfig, pretrain: PretrainConfig, split: str) -> lis
     n = len(problems)
     rng = random.Random(f"r1mega:pretrain-format:{proc.task}:{split}:{proc.seed}")
     formatted = set(rng.sample(range(n), round(n * pretrain.format_fraction)))
+    mixed: set[int] = set()
+    if pretrain.mixed_language_fraction > 0:
+        mix_rng = random.Random(f"r1mega:pretrain-mixed-language:{proc.task}:{split}:{proc.seed}")
+        order = sorted(formatted)
+        mixed = set(mix_rng.sample(order, round(len(order) * pretrain.mixed_language_fraction)))
     rows = []
     for i, ex in enumerate(problems):
-        response = ex.solution if i in formatted else ex.solution_answer
+        if i in mixed:
+            problem = ex.metadata.get("expression") or " ".join(str(n) for n in ex.metadata.get("numbers", []))
+            response = format_solution(restate_in_han(ex.steps, problem), ex.solution_answer)
+        else:
+            response = ex.solution if i in formatted else ex.solution_answer
         rows.append(
             Row(
                 location=f"pretrain:{proc.task}:{split}:{i}",
@@ -46,7 +58,8 @@ def pretrain_rows(data: DataConfig, pretrain: PretrainConfig, split: str) -> lis
                 messages=None,
                 answer=ex.answer,
                 task=ex.task,
-                metadata={**ex.metadata, "formatted": i in formatted, "solution_correct": ex.solution_correct},
+                metadata={**ex.metadata, "formatted": i in formatted, "solution_correct": ex.solution_correct,
+                          **({"mixed_language": True} if i in mixed else {})},
                 response=response,
             )
         )

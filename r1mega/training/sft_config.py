@@ -96,6 +96,11 @@ class PretrainConfig:
     loss_on: Literal["document", "response"] = "document"
     """`document`: every token is a target (plain pretraining on the text); `response`: only the
     tokens after the prompt (like SFT)."""
+    mixed_language_fraction: float = 0.0
+    """Share of the formatted documents whose reasoning mixes in a second script: it opens by
+    restating the problem in Chinese number words (`七+五+九`; r1mega/data/mixed_language.py).
+    0 (the default) leaves the corpus exactly as without this option. The R1 recipe's tiny base
+    (examples/recipes/r1_tiny.yaml) uses it so that R1-Zero mixes languages as in the paper."""
     export_hf: bool = True
     """Also write a Hugging Face export of the final model to run_dir/hf (safetensors, config.json,
     generation_config.json, tokenizer: r1mega.training.hf_export), loadable by transformers, SGLang
@@ -104,3 +109,5 @@ class PretrainConfig:
     def validate(self) -> None:
         if not 0.0 <= self.format_fraction <= 1.0:
             raise ConfigError(f"format_fraction: must be in [0, 1], got {self.format_fraction}")
+        if not 0.0 <= self.mixed_language_fraction <= 1.0:
+            raise ConfigError(f"mixed_language_fraction: must be in [0, 1], got {self.mixed_language_fraction}")
