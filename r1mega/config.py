@@ -32,6 +32,7 @@ from r1mega.training.logging import LoggingConfig
 from r1mega.training.optimizer import OptimizerConfig
 from r1mega.training.rl_config import RLConfig
 from r1mega.training.sft_config import PretrainConfig, SFTConfig
+from r1mega.rm.config import RMConfig
 
 from r1mega.rewards.config import RewardConfig
 from r1mega.rollout.config import RolloutConfig
@@ -75,6 +76,7 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    rm: RMConfig = field(default_factory=RMConfig)
 
     def validate(self) -> None:
         self.parallel.check_model(self.model)
