@@ -139,3 +139,78 @@ def float64_reference(out_dir: str, seed: int = 5) -> dict:
         "loss": got["loss_sum"] / got["units"], "loss64": float(loss64),
         "grad": grad, "grad64": grad64, "pairs": int(pairs.shape[0]), "points": int(points.shape[0]),
     }
+
+
+def make_causal_hf(model_cfg, directory: str, seed: int = 3) -> str:
+    """A random HF causal LM of `model_cfg`'s architecture (head: lm), saved with save_pretrained."""
+    import dataclasses
+
+    from transformers import AutoModelForCausalLM
+
+    from r1mega.convert.hf_config import hf_config_from_model_config
+    from tests.rollout_helpers import randomize_
+
+    cfg = hf_config_from_model_config(dataclasses.replace(model_cfg, head="lm"))
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    randomize_(model.eval(), seed, std=0.05)
+    model.save_pretrained(directory)
+    return directory
+
+
+def init_and_export(out_dir: str, hf_dir: str) -> dict:
+    """RM initialised from an HF causal LM (LM head dropped), trained 2 steps, exported; returns the
+    loaded body tensors' equality, the megatron scores of a batch and that batch."""
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    from r1mega.data.tokenizer import load_tokenizer
+    from r1mega.models.score_head import init_score_weight
+    from r1mega.parallel.distributed import destroy_distributed, init_distributed
+    from r1mega.rm.init import init_reward_model
+    from r1mega.rm.job import export_reward_model, load_units
+    from r1mega.rm.trainer import RewardModelTrainer
+    from tests import parallel_equivalence as pe
+    from tests._rm_hf_fns import _megatron_scores
+
+    cfg = rm_config(out_dir, ["model.tie_word_embeddings=false", "rm.steps=2"])
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    train, test = load_units(cfg, tokenizer)
+    init_distributed(cfg.parallel, seed=cfg.run.seed)
+    trainer = RewardModelTrainer(cfg, train, test, pad_id=tokenizer.pad_token_id)
+    used = {}
+    trainer.build(init_fn=lambda chunks: used.setdefault("what", init_reward_model(hf_dir, chunks, cfg.model)))
+    model = pe._unwrap(trainer.model[0])
+    hf = {}
+    for f in sorted(__import__("pathlib").Path(hf_dir).glob("*.safetensors")):
+        hf.update(load_file(str(f)))
+    fresh = torch.empty_like(model.output_layer.weight)
+    init_score_weight(fresh, cfg.model.init_method_std, cfg.run.seed)
+    loaded = {
+        "embedding": torch.equal(model.embedding.word_embeddings.weight[: cfg.model.vocab_size], hf["model.embed_tokens.weight"]),
+        "final_norm": torch.equal(model.decoder.final_layernorm.weight, hf["model.norm.weight"]),
+        "head_is_fresh": torch.equal(model.output_layer.weight.detach(), fresh),
+    }
+    while trainer.step < trainer.total_steps:
+        trainer.train_step()
+        trainer.step += 1
+    export_reward_model(cfg, trainer.model, tokenizer, cfg.run.run_dir / "hf")
+    from r1mega.rm.data import make_rm_microbatch
+
+    mb = make_rm_microbatch(test[:6], tokenizer.pad_token_id)
+    scores = _megatron_scores(trainer.model, mb["tokens"], mb["lengths"])
+    destroy_distributed()
+    return {"used": used["what"], "loaded": loaded, "scores": scores, "tokens": mb["tokens"], "hf_out": str(cfg.run.run_dir / "hf")}
+
+
+def job_metrics(out_dir: str, name: str, steps: int, resume: str = "auto") -> list[dict]:
+    """The whole `r1mega rm` job; its metrics.jsonl rows."""
+    from r1mega.rm.job import run_reward_model
+    from r1mega.training.logging import read_metrics
+
+    cfg = rm_config(out_dir, [
+        f"run.name={name}", f"rm.steps={steps}", "rm.eval_every=2", "checkpoint.save_every=2",
+        f"checkpoint.resume={resume}", "optimizer.lr_decay_style=constant", "rm.export_hf=false",
+    ])
+    run_reward_model(cfg)
+    return read_metrics(cfg.run.run_dir / "metrics.jsonl")

@@ -201,3 +201,38 @@ def test_rm_training_matches_one_process(layout_runs, index, name):
             assert abs(got - ref) <= LOSS_TOL * ref, f"{name}, step {step}: {got} vs {ref}"
         for key, ref in single["eval"].items():
             assert run["eval"][key] == pytest.approx(ref, rel=LOSS_TOL, abs=1e-7), (name, key)
+
+
+# ------------------------------------------------------------------------------------------------
+# the job: initial weights, HF export, resume (one process each)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.dist
+def test_init_from_a_causal_lm_and_the_export_scores_like_megatron(tmp_path):
+    from tests._rm_hf_fns import hf_scores
+
+    cfg = _rm_fns.rm_config(str(tmp_path), ["model.tie_word_embeddings=false"])
+    hf_dir = _rm_fns.make_causal_hf(cfg.model, str(tmp_path / "base_hf"))
+    (r,) = run_distributed(_rm_fns.init_and_export, 1, str(tmp_path), hf_dir, timeout=600)
+    assert "LM head dropped" in r["used"]
+    assert r["loaded"] == {"embedding": True, "final_norm": True, "head_is_fresh": True}
+    want = hf_scores(r["hf_out"], r["tokens"])  # transformers' AutoModelForSequenceClassification
+    err = ((r["scores"].double() - want.double()).abs().max() / want.double().abs().max()).item()
+    assert err <= 1e-4, err
+    info = json.loads((tmp_path / "tiny_rm" / "hf" / "r1mega_rm.json").read_text())
+    assert "{response}" in info["template"]
+
+
+@pytest.mark.dist
+def test_resume_continues_the_uninterrupted_run(tmp_path):
+    (full,) = run_distributed(_rm_fns.job_metrics, 1, str(tmp_path), "full", 4, "none", timeout=600)
+    run_distributed(_rm_fns.job_metrics, 1, str(tmp_path), "cut", 2, "none", timeout=600)
+    (resumed,) = run_distributed(_rm_fns.job_metrics, 1, str(tmp_path), "cut", 4, "auto", timeout=600)
+    by_step = {r["step"]: r for r in resumed}
+    for row in full:
+        got = by_step[row["step"]]
+        for key in ("loss", "eval/loss", "eval/pairwise_accuracy", "eval/pointwise_auc"):
+            if key in row:
+                assert got[key] == pytest.approx(row[key], rel=1e-6, abs=1e-9), (row["step"], key)
+    assert {r["step"] for r in full} == {1, 2, 3, 4}
