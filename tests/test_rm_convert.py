@@ -62,3 +62,23 @@ def test_sharded_reward_models_score_the_same(checkpoints):
             assert r["differences"] == [], (case["name"], case["layout"])
             err = relative_error(r["scores"], checkpoints[case["name"]][3])
             assert err <= SCORE_TOL, (case["name"], case["layout"], err)
+
+
+@pytest.mark.dist
+def test_conversion_tools_round_trip_a_reward_model(checkpoints, tmp_path):
+    """tools/convert_hf_to_mcore.py then tools/convert_mcore_to_hf.py (at TP=2) give back the same
+    bytes and the sequence-classification config (architecture, num_labels, pad_token_id)."""
+    import json
+
+    from tests.convert_helpers import bitwise_differences, run_tool, safetensors_state
+
+    src = checkpoints["qwen3"][0]
+    mcore, back = tmp_path / "mcore", tmp_path / "hf"
+    proc = run_tool("convert_hf_to_mcore.py", "--hf-dir", src, "--out", mcore, "--tp", 2)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_tool("convert_mcore_to_hf.py", "--mcore-dir", mcore, "--out", back, "--hf-config", src / "config.json")
+    assert proc.returncode == 0, proc.stderr
+    assert bitwise_differences(safetensors_state(src), safetensors_state(back)) == []
+    config = json.loads((back / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3ForSequenceClassification"]
+    assert len(config["id2label"]) == 1 and config["pad_token_id"] == _rm_hf_fns.PAD
