@@ -236,3 +236,22 @@ def test_resume_continues_the_uninterrupted_run(tmp_path):
             if key in row:
                 assert got[key] == pytest.approx(row[key], rel=1e-6, abs=1e-9), (row["step"], key)
     assert {r["step"] for r in full} == {1, 2, 3, 4}
+
+
+def test_rule_check_reads_the_summary_and_the_whole_response():
+    from r1mega.rm.tiny_data import rule_check
+
+    ref = {"answer": "21"}
+    assert rule_check("<think> 23 - 2 = 21 </think> The answer is 21.", ref) == 1.0
+    assert rule_check("<think> lots of words here and more </think> It equals 21.", ref) == 1.0
+    assert rule_check("<think> 23 - 2 = 21 </think> <answer>21</answer>", ref) == 0.0  # no sentence
+    assert rule_check("<think> 23 <unsafe> - 2 </think> The answer is 21.", ref) == 0.0  # unsafe reasoning
+    assert rule_check("The answer is 21.", ref) == 1.0  # no reasoning: the whole text is the summary
+
+
+def test_general_check_must_be_an_import_path():
+    from r1mega.config import load_config
+    from r1mega.configlib import ConfigError
+
+    with pytest.raises(ConfigError, match="general_check: 'not a path'"):
+        load_config("examples/configs/tiny_r1_zero.yaml", ["rl.general_check=not a path"])

@@ -23,7 +23,7 @@ from typing import Optional
 
 from r1mega.rm.data import PreferenceRow
 
-__all__ = ["UNSAFE_MARK", "MAX_WORDS", "summary_satisfies", "is_unsafe", "tiny_rows", "TinyPrompt", "tiny_prompts", "split_summary"]
+__all__ = ["rule_check", "UNSAFE_MARK", "MAX_WORDS", "summary_satisfies", "is_unsafe", "tiny_rows", "TinyPrompt", "tiny_prompts", "split_summary"]
 
 UNSAFE_MARK = "<unsafe>"
 MAX_WORDS = 8
@@ -68,6 +68,13 @@ def summary_satisfies(summary: str, answer: str) -> bool:
 
 def is_unsafe(response: str) -> bool:
     return UNSAFE_MARK in response
+
+
+def rule_check(response_text: str, reference: dict) -> float:
+    """Both hidden rules on a policy's response (rl.general_check of the tiny final RL): 1.0 when
+    its summary satisfies the helpfulness rule and it carries no unsafe marker."""
+    _, summary = split_summary(response_text)
+    return float(summary_satisfies(summary, str(reference.get("answer", ""))) and not is_unsafe(response_text))
 
 
 def _problems(split: str, n: int, seed: int) -> list[tuple[int, str, int]]:
