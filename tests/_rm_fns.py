@@ -52,7 +52,7 @@ def _reference_weights(model_cfg, seed: int) -> dict[str, torch.Tensor]:
     return weights
 
 
-def train_layouts(out_dir: str, layouts: list[dict], seed: int = 11) -> list[dict]:
+def train_layouts(out_dir: str, layouts: list[dict], seed: int = 11, overrides: Optional[list[str]] = None) -> list[dict]:
     """For each layout: the same random start weights, rm.steps steps, then the held-out metrics."""
     import dataclasses
 
@@ -66,7 +66,8 @@ def train_layouts(out_dir: str, layouts: list[dict], seed: int = 11) -> list[dic
     from tests import parallel_equivalence as pe
 
     # SGD: a step scales with the gradient (Adam's first steps would hide a wrongly scaled one)
-    base = rm_config(out_dir, ["optimizer.name=sgd", "optimizer.lr=0.5", "optimizer.clip_grad=0", "parallel.use_distributed_optimizer=false"])
+    base = rm_config(out_dir, ["optimizer.name=sgd", "optimizer.lr=0.5", "optimizer.clip_grad=0",
+                               "parallel.use_distributed_optimizer=false", *(overrides or [])])
     reference = _reference_weights(base.model, seed)
     tokenizer = load_tokenizer(base.data.tokenizer)
     train, test = load_units(base, tokenizer)

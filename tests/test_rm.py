@@ -203,6 +203,24 @@ def test_rm_training_matches_one_process(layout_runs, index, name):
             assert run["eval"][key] == pytest.approx(ref, rel=LOSS_TOL, abs=1e-7), (name, key)
 
 
+MOE = ["model=models/tiny_qwen3_moe.yaml", "model.vocab_size=512", "rm.micro_batch_size=3", "optimizer.lr=0.1"]
+
+
+@pytest.mark.dist
+def test_moe_rm_training_at_ep2_matches_one_process(tmp_path):
+    """Qwen3-MoE RM, EP=2 (DP=2): DP ranks get different microbatch counts (pairs are two
+    sequences, points one), padded with empty microbatches so the all-to-alls line up."""
+    (single,) = run_distributed(_rm_fns.train_layouts, 1, str(tmp_path), [dict()], 11, MOE, timeout=600)
+    per_rank = run_distributed(_rm_fns.train_layouts, 2, str(tmp_path), [dict(ep=2)], 11, MOE, timeout=600)
+    want = single[0]["losses"]
+    assert len(set(want)) == 3
+    for r in per_rank:
+        for step, (got, ref) in enumerate(zip(r[0]["losses"], want, strict=True), start=1):
+            assert abs(got - ref) <= LOSS_TOL * ref, f"ep2, step {step}: {got} vs {ref}"
+        for key, ref in single[0]["eval"].items():
+            assert r[0]["eval"][key] == pytest.approx(ref, rel=LOSS_TOL, abs=1e-7), key
+
+
 # ------------------------------------------------------------------------------------------------
 # the job: initial weights, HF export, resume (one process each)
 # ------------------------------------------------------------------------------------------------

@@ -85,10 +85,26 @@ class RewardModelTrainer:
         self._metrics_src = find_metrics_source(self.is_last_stage, self.dp_rank)
 
     def _microbatches(self, units: Sequence[Unit]) -> list[dict]:
+        """This DP rank's microbatches, padded with empty ones (no unit: zero loss, zero count) to
+        the largest count of any DP rank: expert-parallel all-to-alls span DP ranks, so every rank
+        must run as many forward/backward passes as its peers."""
+        from megatron.core import parallel_state
+
         groups = plan_unit_microbatches(
             units, micro_batch_size=self.rm.micro_batch_size, micro_batch_tokens=self.rm.micro_batch_tokens, multiple=self.multiple
-        )
-        return [make_rm_microbatch([units[i] for i in g], self.pad_id, self.multiple) for g in groups]
+        ) if units else []
+        mbs = [make_rm_microbatch([units[i] for i in g], self.pad_id, self.multiple) for g in groups]
+        count = torch.tensor([len(mbs)], dtype=torch.long)
+        if self.dp_size > 1:
+            torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX,
+                                         group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+        if int(count) > len(mbs):
+            source = units[0] if units else (self.train_units[0])
+            empty = make_rm_microbatch([source], self.pad_id, self.multiple)
+            empty.update(pairs=torch.zeros((0, 2), dtype=torch.long), points=torch.zeros(0, dtype=torch.long),
+                         labels=torch.zeros(0, dtype=torch.float32))
+            mbs += [empty] * (int(count) - len(mbs))
+        return mbs
 
     def _run(self, microbatches: list[dict], forward_only: bool) -> dict[str, object]:
         """Summed metrics of this DP rank's microbatches (on the last stage; empty elsewhere)."""
@@ -150,15 +166,13 @@ class RewardModelTrainer:
             return {}
         n = len(self.test_units) if self.rm.eval_samples is None else min(self.rm.eval_samples, len(self.test_units))
         mine = [self.test_units[i] for i in range(self.dp_rank, n, self.dp_size)]
-        got: dict[str, object] = {}
-        if mine:
+        for chunk in self.model:
+            chunk.eval()
+        try:
+            got = self._run(self._microbatches(mine), forward_only=True)
+        finally:
             for chunk in self.model:
-                chunk.eval()
-            try:
-                got = self._run(self._microbatches(mine), forward_only=True)
-            finally:
-                for chunk in self.model:
-                    chunk.train()
+                chunk.train()
         keys = ("loss_sum", "units", "pairs", "pairs_correct", "points")
         loss_sum, units, pairs, correct, points = self._sum_over_dp([float(got.get(k, 0.0)) for k in keys])
         out = {"eval/loss": loss_sum / max(units, 1.0)}
