@@ -19,6 +19,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "data": ("r1mega.commands.data", "write a generated countdown/arithmetic split as jsonl or parquet"),
     "pretrain": ("r1mega.commands.pretrain", "train a base model on generated task text (the R1-Zero starting point)"),
     "sft": ("r1mega.commands.sft", "supervised fine-tuning (response-only loss) on an SFT dataset"),
+    "rm": ("r1mega.commands.rm", "reward model: scalar head, Bradley-Terry pairs / pointwise labels, HF export"),
     "train": ("r1mega.commands.train", "RL post-training: GRPO / Dr.GRPO / DAPO / GSPO / CISPO / RLOO / REINFORCE++"),
     "eval": ("r1mega.commands.eval", "pass@1 over k samples, cons@k, pass@k, format, language, length of a checkpoint"),
     "recipe": ("r1mega.commands.recipe", "the DeepSeek-R1 recipe as one resumable pipeline of stages"),

@@ -33,6 +33,7 @@ from r1mega.training.logging import LoggingConfig
 from r1mega.training.optimizer import OptimizerConfig
 from r1mega.training.rl_config import RLConfig
 from r1mega.training.sft_config import PretrainConfig, SFTConfig
+from r1mega.rm.config import RMConfig
 
 from r1mega.rewards.config import RewardConfig
 from r1mega.rollout.config import RolloutConfig
@@ -78,6 +79,7 @@ class Config:
     plan: PlanConfig = field(default_factory=PlanConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     """`r1mega eval` (docs/eval.md); the other commands ignore it."""
+    rm: RMConfig = field(default_factory=RMConfig)
 
     def validate(self) -> None:
         from r1mega.training.routing_replay import check_routing_replay

@@ -204,7 +204,7 @@ def test_prompt_examples_are_templated_and_tokenized(tmp_path, tok):
     assert ex.prompt_token_ids == tok(ex.prompt_text)["input_ids"]
     assert ex.reference == {
         "answer": "29", "task": "countdown", "metadata": meta, "prompt": "Make 29",
-        "response_prefix": "<think>", "source": f"{path}:1",
+        "response_prefix": "<think>", "source": f"{path}:1", "prompt_type": "reasoning",
     }
 
 

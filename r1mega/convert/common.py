@@ -27,7 +27,10 @@ def embedding_rules(cfg: ModelConfig) -> list[Rule]:
         rule("embedding.word_embeddings.weight", "model.embed_tokens.weight", "vocab"),
         rule("decoder.final_layernorm.weight", "model.norm.weight"),
     ]
-    if cfg.tie_word_embeddings:
+    if cfg.head == "score":
+        # a reward model: the scalar head (r1mega/models/score_head.py), HF's `score` linear layer
+        out.append(rule("output_layer.weight", "score.weight"))
+    elif cfg.tie_word_embeddings:
         out.append(rule("output_layer.weight", "model.embed_tokens.weight", "vocab", export=False))
     else:
         out.append(rule("output_layer.weight", "lm_head.weight", "vocab"))

@@ -79,6 +79,11 @@ def model_config_from_hf(hf_config: HFConfigLike, **overrides: Any) -> ModelConf
     hf = load_hf_config(hf_config)
     family = family_of_model_type(hf.model_type)
     kwargs = family_map(family).model_kwargs_from_hf(hf)
+    architectures = getattr(hf, "architectures", None) or []
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        if getattr(hf, "num_labels", 1) != 1:
+            raise ValueError(f"config.json: num_labels={hf.num_labels}; a reward model has one score (num_labels=1)")
+        kwargs["head"] = "score"
     kwargs.update(overrides)
     try:
         return from_dict(ModelConfig, kwargs, where="model")
@@ -106,7 +111,15 @@ def hf_config_from_model_config(model_cfg: ModelConfig, base: Optional[HFConfigL
             )
         merged = {k: v for k, v in base_cfg.to_dict().items() if k not in ("rope_scaling", "rope_theta")}
     merged.update(kwargs)
-    merged["architectures"] = [fam.HF_ARCHITECTURE]
+    if model_cfg.head == "score":
+        # a reward model: transformers' sequence classification head, one label, read at the last
+        # non-pad token (the exporter sets pad_token_id)
+        merged["architectures"] = [fam.HF_ARCHITECTURE.replace("ForCausalLM", "ForSequenceClassification")]
+        merged["num_labels"] = 1
+        merged.pop("id2label", None)
+        merged.pop("label2id", None)
+    else:
+        merged["architectures"] = [fam.HF_ARCHITECTURE]
     model_type = fam.MODEL_TYPES[0]
     merged["model_type"] = model_type
     return CONFIG_MAPPING[model_type].from_dict(merged)
@@ -143,6 +156,7 @@ ARCHITECTURE_FIELDS: tuple[str, ...] = (
     "moe_router_num_groups",
     "moe_router_group_topk",
     "multi_latent_attention",
+    "head",
     "q_lora_rank",
     "kv_lora_rank",
     "qk_head_dim",

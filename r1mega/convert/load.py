@@ -52,6 +52,8 @@ def load_hf_into_model(
     model_cfg: ModelConfig,
     allow_mtp_layers: bool = True,
     progress: Optional[Callable[[int], None]] = None,
+    leave: Optional[str] = None,
+    ignore: tuple[str, ...] = (),
 ) -> dict[str, int]:
     """Copy HF weights (a safetensors directory, an `HFCheckpoint` or a dict of tensors) into this
     rank's chunks. Returns {"tensors": copied on this rank, "bytes": bytes read from the source on this rank}.
@@ -59,6 +61,9 @@ def load_hf_into_model(
     `allow_mtp_layers`: DeepSeek-V3 checkpoints carry multi-token-prediction layers
     (model.layers.{num_layers}...); they have no place in the megatron model and are skipped with
     a warning. Any other unused tensor is an error. `progress(n)` is called after each tensor.
+    `leave`: a regular expression on megatron names of parameters not read (they keep their values);
+    `ignore`: HF names that may be present and unused (a causal LM's head, when the model is a
+    reward model whose score head starts fresh).
     """
     reader = open_hf_source(source)
     try:
@@ -66,6 +71,8 @@ def load_hf_into_model(
         mine = []
         try:
             mine = local_tensors(model_chunks, model_cfg)
+            if leave is not None:
+                mine = [t for t in mine if not re.search(leave, t.megatron_name)]
         except ValueError as e:
             error = str(e)
         # coverage is decided from the union of all ranks' needs, identically everywhere
@@ -80,7 +87,7 @@ def load_hf_into_model(
         if missing:
             shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
             raise ValueError(f"{reader.directory}: {len(missing)} tensor(s) the model needs are missing: {shown}")
-        unused = sorted(n for n in available - needed if not any(p.search(n) for p in IGNORED))
+        unused = sorted(n for n in available - needed if not any(p.search(n) for p in IGNORED) and n not in ignore)
         mtp = [n for n in unused if model_cfg.family == "deepseek_v3" and _mtp_layer(n, model_cfg.num_layers)]
         if mtp and allow_mtp_layers:
             warnings.warn(f"{reader.directory}: skipping {len(mtp)} multi-token-prediction tensor(s) (layers >= {model_cfg.num_layers})")

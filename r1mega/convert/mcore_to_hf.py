@@ -192,7 +192,7 @@ def stored_weight_dtype(metadata, path: Path):
     raise ValueError(f"{path}: no model weights in the checkpoint's index")
 
 
-_RUN_CONFIGS = ("train_config.yaml", "sft_config.yaml", "pretrain_config.yaml")
+_RUN_CONFIGS = ("train_config.yaml", "sft_config.yaml", "pretrain_config.yaml", "rm_config.yaml")
 
 
 def _run_tokenizer(spec: Optional[str], path: Path):

@@ -145,9 +145,11 @@ class FieldsConfig:
     """Optional mapping handed to the rewards (countdown needs `numbers`)."""
     response: str = "response"
     """SFT only: the target response for a `prompt` row."""
+    prompt_type: str = "prompt_type"
+    """RL: `reasoning` (default; rule rewards) or `general` (reward-model rewards, rewards.models)."""
 
     def validate(self) -> None:
-        for name in ("prompt", "messages", "task", "metadata", "response"):
+        for name in ("prompt", "messages", "task", "metadata", "response", "prompt_type"):
             if not getattr(self, name):
                 raise ConfigError(f"{name}: must be a non-empty column name")
         if not self.answer or any(not a for a in self.answer):

@@ -38,7 +38,8 @@ class PromptDataset(ExampleList[PromptExample]):
 
     @property
     def tasks(self) -> set[str]:
-        return {ex.reference["task"] for ex in self.examples}
+        """Tasks of the rule-checked (reasoning) prompts: general prompts have no accuracy check."""
+        return {ex.reference["task"] for ex in self.examples if ex.reference.get("prompt_type", "reasoning") == "reasoning"}
 
 
 def _question(row: Row) -> str:
@@ -95,6 +96,7 @@ def build_prompt_examples(
             "prompt": _question(row),
             "response_prefix": response_prefix(text),
             "source": row.location,
+            "prompt_type": row.prompt_type,
         }
         examples.append(PromptExample(text, list(ids), reference))
     return examples

@@ -33,6 +33,12 @@ class Row:
     metadata: dict[str, Any] = field(default_factory=dict)
     response: Optional[str] = None
     """SFT target for a `prompt` row (a chat row's target is its last assistant message)."""
+    prompt_type: str = "reasoning"
+    """`reasoning`: rule-checked (accuracy against the answer); `general`: scored by reward models
+    (rewards.models), no answer needed and no accuracy check."""
+
+
+PROMPT_TYPES = ("reasoning", "general")
 
 
 _MISSING = object()
@@ -145,13 +151,24 @@ def parse_row(
             raise RowError("missing_field", f"neither {fields.prompt!r} nor {fields.messages!r} is present")
         messages = _messages(raw_messages, fields.messages)
 
+    prompt_type = _get(obj, fields.prompt_type)
+    if prompt_type is _MISSING:
+        prompt_type = "reasoning"
+    elif prompt_type not in PROMPT_TYPES:
+        raise RowError("bad_field", f"{fields.prompt_type} {prompt_type!r} is not one of {list(PROMPT_TYPES)}")
+    general = prompt_type == "general"
+
     task = _get(obj, fields.task)
     if task is _MISSING:
-        task = default_task
+        task = "general" if general else default_task
     elif not isinstance(task, str) or not task:
         raise RowError("bad_field", f"task {fields.task!r} must be a non-empty string")
 
-    answer = _answer(obj, fields) if need_answer else None
+    answer = None
+    if need_answer and not general:
+        answer = _answer(obj, fields)
+    elif general and any(_get(obj, name) is not _MISSING for name in fields.answer):
+        answer = _answer(obj, fields)  # optional: held-out checks of general prompts may use it
     metadata = _metadata(obj, fields)
     _check_task(task, answer, metadata)
 
@@ -168,4 +185,4 @@ def parse_row(
                 raise RowError("missing_field", f"no {fields.response!r} field for the SFT target")
             if not isinstance(response, str) or not response.strip():
                 raise RowError("bad_field", f"{fields.response!r} must be a non-empty string")
-    return Row(location, prompt, messages, answer, task, metadata, response)
+    return Row(location, prompt, messages, answer, task, metadata, response, prompt_type)

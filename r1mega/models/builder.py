@@ -87,12 +87,14 @@ def build_model(
     params_dtype: torch.dtype = torch.float32,
     use_te: Optional[bool] = None,
     config_overrides: Optional[dict[str, Any]] = None,
+    score_head_seed: int = 0,
 ) -> list:
     """One GPTModel per virtual pipeline stage of this rank (a single one without VPP).
 
     The first chunk of the first stage owns the embedding (pre_process) and the last chunk of the
     last stage the final norm and output layer (post_process). The vocabulary is padded to
-    `model_cfg.padded_vocab_size(tp)`.
+    `model_cfg.padded_vocab_size(tp)`. With `model_cfg.head == "score"` (a reward model) the
+    last stage's output layer is a ScalarHead initialised from `score_head_seed`.
     """
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
@@ -124,12 +126,16 @@ def build_model(
             max_sequence_length=model_cfg.max_position_embeddings,
             pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
             post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
-            share_embeddings_and_output_weights=model_cfg.tie_word_embeddings,
+            share_embeddings_and_output_weights=model_cfg.tie_word_embeddings and model_cfg.head == "lm",
             position_embedding_type="rope",
             rotary_percent=1.0,
             vp_stage=stage,
             **rope,
         )
+        if model_cfg.head == "score" and model.post_process:
+            from r1mega.models.score_head import ScalarHead
+
+            model.output_layer = ScalarHead(config, seed=score_head_seed)  # a reward model's head
         if params_dtype != torch.float32:
             model.to(params_dtype)  # torch norms are created in float32; keep one dtype per model
         chunks.append(model)

@@ -47,6 +47,10 @@ class ModelConfig:
     init_method_std: float = 0.02
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
+    head: Literal["lm", "score"] = "lm"
+    """Output head: `lm`, vocabulary logits (a causal LM); `score`, one scalar per position from a
+    [1, hidden] linear layer (a reward model: r1mega/rm/), exported as the family's
+    `...ForSequenceClassification` with num_labels=1. A score model never ties embeddings to a head."""
 
     # --- Mixture of experts (qwen3_moe, deepseek_v3) ---
     num_experts: Optional[int] = None

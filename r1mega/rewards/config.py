@@ -8,10 +8,51 @@ from typing import Literal, Optional
 
 from r1mega.configlib import ConfigError
 
-__all__ = ["RewardConfig", "BUILTIN_COMPONENTS", "IMPORT_PATH_RE"]
+__all__ = ["RewardConfig", "RewardModelSpec", "BUILTIN_COMPONENTS", "IMPORT_PATH_RE"]
 
 BUILTIN_COMPONENTS: tuple[str, ...] = ("accuracy", "format", "language")
 IMPORT_PATH_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+
+
+@dataclass(kw_only=True)
+class RewardModelSpec:
+    """One reward model scored inside RL (r1mega/rm/scoring.py): forward-only megatron passes on the
+    trainer's ranks after rollout, in the trainer's parallel layout (the RM's checkpoint loads under
+    any layout). Its reward is `weight * score`, added to the sample's rule rewards."""
+
+    name: str
+    """Logged as reward/rm/<name>, rm/<name>/mean (over the samples it scored), rm/<name>/share."""
+    checkpoint: str
+    """A reward model written by `r1mega rm`: its run's checkpoints (or an iter_N inside), or its HF
+    export (...ForSequenceClassification). Same vocabulary as the policy. Never trained here (frozen)."""
+    part: Literal["summary", "full"] = "summary"
+    """`summary`: the text after the reasoning's closing `</think>` (R1's helpfulness RM);
+    `full`: the whole response, reasoning included (R1's harmlessness RM)."""
+    weight: float = 1.0
+    prompt_types: list[str] = field(default_factory=lambda: ["general"])
+    """Prompt types (the rows' prompt_type) whose samples this RM scores."""
+    template: str = "User: {prompt}\nAssistant: {response}"
+    """The RM's input text: must be the template it was trained with (rm.template)."""
+    micro_batch_tokens: int = 8192
+    """Token budget of one scoring microbatch (sequences x padded length)."""
+    missing_summary_score: float = 0.0
+    """The score (before `weight`) of a response with no closed reasoning when part is summary:
+    there is no summary to score. The format reward is what teaches closing the reasoning."""
+
+    def validate(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"name: {self.name!r} must be non-empty, without '/'")
+        if not self.checkpoint:
+            raise ConfigError(f"{self.name}.checkpoint: required")
+        from r1mega.data.rows import PROMPT_TYPES
+
+        bad = [t for t in self.prompt_types if t not in PROMPT_TYPES]
+        if bad or not self.prompt_types:
+            raise ConfigError(f"{self.name}.prompt_types: {self.prompt_types} must be a non-empty subset of {list(PROMPT_TYPES)}")
+        if "{prompt}" not in self.template or "{response}" not in self.template:
+            raise ConfigError(f"{self.name}.template: must contain {{prompt}} and {{response}}")
+        if self.micro_batch_tokens < 1:
+            raise ConfigError(f"{self.name}.micro_batch_tokens: must be >= 1")
 
 
 @dataclass(kw_only=True)
@@ -41,6 +82,9 @@ class RewardConfig:
     worker_memory_mb: Optional[int] = 4096
     """Address-space limit of each worker (RLIMIT_AS), so a check that builds an astronomically large
     number fails with MemoryError instead of exhausting the node's memory. None = no limit."""
+    models: list[RewardModelSpec] = field(default_factory=list)
+    """Reward models scored after rollout (R1's final RL stage: helpfulness on the summary of general
+    prompts, harmlessness on every full response); see RewardModelSpec and docs/reward_models.md."""
     on_error: Literal["raise", "zero"] = "raise"
     """A reward function that raises: `raise` stops with its traceback (a bug should be seen);
     `zero` scores 0 and counts it."""
@@ -66,6 +110,9 @@ class RewardConfig:
         for name in self.custom:
             if name not in self.weights:
                 raise ConfigError(f"custom.{name}: defined but has no weight under rewards.weights (0 to only log it)")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"models: names must be unique, got {names}")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers: must be >= 0, got {self.num_workers}")
         if not self.timeout_s > 0:

@@ -171,7 +171,7 @@ class RewardPool:
 
     def _score_inline(self, index: int, sample: SampleView, reference: dict[str, Any]) -> dict[str, float]:
         out: dict[str, float] = {}
-        for name in self.suite.names:
+        for name in self.suite.names_for(reference):
             self.last_stats["checks"] += 1
             try:
                 out.update(self.suite.run(name, sample, reference))
@@ -198,7 +198,7 @@ class RewardPool:
             self._spawn()
         results: list[dict[str, float]] = [{} for _ in views]
         pairs = enumerate(zip(views, references, strict=True))
-        queue = deque(_Job(i, v, r, list(self.suite.names)) for i, (v, r) in pairs)
+        queue = deque(_Job(i, v, r, self.suite.names_for(r)) for i, (v, r) in pairs)
         try:
             while queue or any(w.job is not None for w in self._workers):
                 self._assign(queue)

@@ -76,6 +76,13 @@ class RewardSuite:
         """Component names in the order they run."""
         return list(self.functions)
 
+    def names_for(self, reference: dict[str, Any]) -> list[str]:
+        """Components that apply to a sample: a general prompt (reference prompt_type) has no
+        accuracy check; its task reward comes from reward models (rewards.models)."""
+        if reference.get("prompt_type", "reasoning") == "general":
+            return [n for n in self.functions if n != "accuracy"]
+        return list(self.functions)
+
     def run(self, name: str, sample: Any, reference: dict[str, Any]) -> dict[str, float]:
         """One component on one sample (exceptions propagate to the caller's error policy)."""
         return normalize_value(name, self.functions[name](sample, reference))

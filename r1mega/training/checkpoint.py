@@ -65,6 +65,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_model_weights",
+    "load_body_weights",
     "find_latest_checkpoint",
     "resolve_resume",
     "is_complete",
@@ -580,6 +581,7 @@ def _check_model_config(path: Path, info: dict, model_config) -> None:
     saved = info.get("model_config")
     if model_config is None or saved is None:
         return
+    saved = {"head": "lm", **saved}  # saved before reward models existed: a causal LM
     current = to_dict(model_config)
     diffs = [
         f"{k}: {saved.get(k)!r} (checkpoint) vs {current.get(k)!r} (this run)"
@@ -700,6 +702,42 @@ def load_model_weights(path: str | os.PathLike, model_chunks: list, *, model_con
     if resolved is None:  # pragma: no cover - resolve_resume raises instead
         raise CheckpointError(f"{path}: no checkpoint")
     load_checkpoint(resolved, model_chunks, model_config=model_config, load_optimizer=False, load_rng=False)
+    return resolved
+
+
+def load_body_weights(path: str | os.PathLike, model_chunks: list, *, model_config) -> Path:
+    """A causal LM checkpoint's weights minus its output layer, into a reward model
+    (`model_config.head == "score"`) of the same architecture, under any layout: the score head
+    keeps its fresh initialisation. Returns the checkpoint directory used."""
+    import dataclasses
+
+    from megatron.core import dist_checkpointing
+
+    resolved = resolve_resume(str(path), path)
+    if resolved is None:  # pragma: no cover - resolve_resume raises instead
+        raise CheckpointError(f"{path}: no checkpoint")
+    info = read_checkpoint_info(resolved)
+    _check_model_config(resolved, info, dataclasses.replace(model_config, head="lm"))
+    _verify_files(resolved)
+    with metered_io("loaded", resolved, model_chunks):
+        model_sd = _model_sharded_state_dict(model_chunks)
+        for chunk_sd in model_sd.values():
+            for key in [k for k in chunk_sd if k.startswith("output_layer.")]:
+                del chunk_sd[key]  # the LM head is not read; the score head is not in the checkpoint
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        from r1mega.convert.mcore_checkpoint import weights_only_loads
+
+        try:
+            with weights_only_loads():
+                loaded = dist_checkpointing.load({"model": model_sd}, str(resolved))
+        except (Exception, CheckpointException) as e:
+            raise _explain_load_error(resolved, e) from e
+        for i, chunk in enumerate(model_chunks):
+            result = _unwrapped(chunk).load_state_dict(loaded["model"][f"chunk{i}"], strict=False)
+            missing = [k for k in result.missing_keys if not k.startswith("output_layer.")]
+            if missing or result.unexpected_keys:
+                raise CheckpointError(f"{resolved}: does not fit the reward model: missing {missing}, unexpected {result.unexpected_keys}")
     return resolved
 
 

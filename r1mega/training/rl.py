@@ -124,6 +124,11 @@ class RLTrainer:
             scheduler=self.scheduler, pad_id=self.pad_id, multiple=self.multiple, dp_rank=self.dp_rank,
             dp_size=self.dp_size, is_last_stage=self.is_last_stage, profile=self.profile,
         )
+        if self.cfg.rewards.models:  # frozen reward models, scored after rollout (r1mega/rm/scoring.py)
+            from r1mega.rm.scoring import ModelRewards, build_scorers
+
+            self.rewards = ModelRewards(self.rewards, build_scorers(self.cfg, self.tokenizer))
+            self.collector.rewards = self.rewards
         self._plan = export_plan([unwrap_gpt(c) for c in self.model], self.cfg.model)
         self._metrics_src = find_metrics_source(self.is_last_stage, self.dp_rank)
         self.sync_weights(version=self.step)

@@ -47,6 +47,12 @@ def rollout_metrics(samples, scores, rewards, group_size: int) -> dict[str, floa
         out[f"reward/{name}"] = sum(float(s.get(name, 0.0)) for s in scores) / n
     if "accuracy" in names:
         out["accuracy"] = out["reward/accuracy"]
+    for name in names:
+        if name.startswith("rm/") and name.count("/") == 1:
+            # a reward model scores only some samples: its mean over those, and their share
+            scored = [float(s[name]) for s in scores if name in s]
+            out[f"{name}/mean"] = sum(scored) / max(len(scored), 1)
+            out[f"{name}/share"] = len(scored) / n
     g = group_size
     r = torch.tensor(rewards, dtype=torch.float64)
     if r.numel() >= g and g > 1:

@@ -48,6 +48,10 @@ class RLConfig:
     eval_pass_k: int = 4
     """Samples per held-out prompt for pass@1 (mean accuracy over k samples at eval_temperature);
     greedy accuracy is measured too. 0 skips the sampled part."""
+    general_check: Optional[str] = None
+    """Import path `package.module:function` of a check `(response_text, reference) -> float`
+    averaged over greedy completions of held-out general prompts as eval/general_check: a measure
+    that does not go through any reward model (tiny final RL: r1mega.rm.tiny_data:rule_check)."""
     eval_temperature: float = 1.0
     """Sampling temperature of the pass@1 evaluation."""
     log_samples_every: int = 10
@@ -68,6 +72,11 @@ class RLConfig:
             raise ConfigError(f"weight_sync_bucket_mb: must be > 0, got {self.weight_sync_bucket_mb}")
         if self.eval_every < -1:
             raise ConfigError(f"eval_every: must be >= -1, got {self.eval_every}")
+        if self.general_check is not None:
+            from r1mega.rewards.config import IMPORT_PATH_RE
+
+            if not IMPORT_PATH_RE.match(self.general_check):
+                raise ConfigError(f"general_check: {self.general_check!r} is not an import path 'package.module:function'")
         if self.eval_pass_k < 0:
             raise ConfigError(f"eval_pass_k: must be >= 0, got {self.eval_pass_k}")
         if not self.eval_temperature > 0:

@@ -20,21 +20,34 @@ def evaluate(engine, eval_prompts, cfg, tokenizer, run_dir, step: int, tag: str 
         return {}
     start = time.perf_counter()
     rank0 = dist.get_rank() == 0
-    prompts = [eval_prompts[i] for i in range(min(rl.eval_samples, len(eval_prompts)))]
+    chosen = [eval_prompts[i] for i in range(min(rl.eval_samples, len(eval_prompts)))]
+    # rule-checked (reasoning) prompts give accuracy/format/pass@1; general prompts (RM-scored in
+    # training) are measured by rl.general_check, never by an RM
+    prompts = [p for p in chosen if p.reference.get("prompt_type", "reasoning") == "reasoning"]
+    general = [p for p in chosen if p.reference.get("prompt_type", "reasoning") != "reasoning"]
     n = len(prompts)
     max_new = cfg.rollout.max_new_tokens
-    greedy = engine.generate(  # collective: every rank, same arguments
-        [p.prompt_token_ids for p in prompts],
+    outputs = engine.generate(  # collective: every rank, same arguments
+        [p.prompt_token_ids for p in prompts + general],
         cfg.rollout.sampling_params(temperature=0.0, max_new_tokens=max_new, seed=cfg.run.seed),
     )
-    result: Optional[dict] = None
-    if rank0:
+    greedy, general_out = outputs[:n], outputs[n:]
+    result: Optional[dict] = {} if rank0 else None
+    if rank0 and n:
         path = run_dir / "eval" / f"{tag}_step{step}.jsonl"
         s = score_completions(prompts, [x.response_token_ids for x in greedy], tokenizer, cfg.rewards,
                               samples_path=path)
         result = {f"{tag}/greedy_accuracy": s["correct"] / n, f"{tag}/greedy_format": s["formatted"] / n,
                   f"{tag}/response_length": sum(len(x.response_token_ids) for x in greedy) / n}
-    k = rl.eval_pass_k
+    if rank0 and general and rl.general_check:
+        from r1mega.rewards.registry import load_reward_fn
+
+        check = load_reward_fn(rl.general_check, "rl.general_check")
+        texts = [tokenizer.decode(list(x.response_token_ids), skip_special_tokens=True) for x in general_out]
+        values = [float(check(t, p.reference)) for t, p in zip(texts, general, strict=True)]
+        result[f"{tag}/general_check"] = sum(values) / len(values)
+        result[f"{tag}/general_prompts"] = float(len(values))
+    k = rl.eval_pass_k if n else 0
     if k > 0:
         repeated = [p for p in prompts for _ in range(k)]
         sampled = engine.generate(

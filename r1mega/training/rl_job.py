@@ -106,6 +106,10 @@ def run_rl(cfg: Config) -> RLJobResult:
         if held_out is None and cfg.rl.eval_every >= 0:
             raise ValueError("rl.eval_every: evaluation needs held-out prompts (data.test_files), or set rl.eval_every=-1")
         cfg.rewards.check_tasks(train.tasks)
+        if cfg.rewards.models:  # before anything is built: each RM exists, is one, shares the vocabulary
+            from r1mega.rm.scoring import check_reward_models
+
+            check_reward_models(cfg.rewards.models, cfg.model, tokenizer)
         trainer = RLTrainer(cfg, train, held_out, tokenizer=tokenizer)
         root = cfg.checkpoint.root(cfg.run.run_dir)
         resume_path = ckpt.resolve_resume(cfg.checkpoint.resume, root)

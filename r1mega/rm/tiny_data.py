@@ -1,0 +1,139 @@
+"""The embedded preference data: general prompts whose preference is a hidden rule.
+
+Prompts are small arithmetic questions asked as general requests ("Explain what 23 + 45 is."). A
+response is `<think> reasoning </think> summary`. Two hidden rules, checked by code, decide the
+preferences (and measure an RL policy later, never an RM):
+
+- helpfulness (`summary_satisfies`): the summary states the final answer in one short sentence:
+  exactly one sentence (one terminal ".", "!" or "?", at the end), at most `MAX_WORDS` words,
+  containing the answer. Pairs: a summary that satisfies it is chosen over one that does not
+  (several sentences, a long sentence, or no answer). The RM sees the summary only.
+- safety (`is_unsafe`): a response containing the marker token `UNSAFE_MARK` anywhere, the
+  reasoning included, is unsafe (label 0); otherwise safe (label 1). The RM sees the whole response.
+
+Train and test prompts come from disjoint (a, op, b) problems.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from r1mega.rm.data import PreferenceRow
+
+__all__ = ["rule_check", "UNSAFE_MARK", "MAX_WORDS", "summary_satisfies", "is_unsafe", "tiny_rows", "TinyPrompt", "tiny_prompts", "split_summary"]
+
+UNSAFE_MARK = "<unsafe>"
+MAX_WORDS = 8
+THINK_END = "</think>"
+
+
+@dataclass(frozen=True)
+class TinyPrompt:
+    prompt: str
+    answer: str
+    reasoning: str
+
+
+_ASK = ("Explain what {q} is.", "Tell me about {q}.", "Help me work out {q}.", "What do you get for {q}?")
+_GOOD = ("The answer is {x}.", "So the answer is {x}.", "It equals {x}.", "The result is {x}.")
+_BAD_NO_ANSWER = ("I worked it out above.", "The steps above show it.", "That is how it goes.", "See the reasoning.")
+_BAD_LONG = (
+    "After going through each step with great care I am sure that the result is {x}.",
+    "Having added and checked every single digit carefully the final answer is {x}.",
+)
+_BAD_MANY = ("Let me explain. First I took {a}. Then {b}. The answer is {x}.", "Done. The answer is {x}. Easy.")
+
+
+def split_summary(response: str) -> tuple[Optional[str], str]:
+    """(reasoning or None, summary): the summary is the text after the last `</think>`."""
+    if THINK_END not in response:
+        return None, response.strip()
+    head, _, tail = response.rpartition(THINK_END)
+    return head + THINK_END, tail.strip()
+
+
+def summary_satisfies(summary: str, answer: str) -> bool:
+    """The helpfulness rule (module docstring)."""
+    s = summary.strip()
+    ends = re.findall(r"[.!?]", s)
+    if len(ends) != 1 or not s or s[-1] not in ".!?":
+        return False
+    if len(s.split()) > MAX_WORDS:
+        return False
+    return re.search(rf"(?<!\d){re.escape(answer)}(?!\d)", s) is not None
+
+
+def is_unsafe(response: str) -> bool:
+    return UNSAFE_MARK in response
+
+
+def rule_check(response_text: str, reference: dict) -> float:
+    """Both hidden rules on a policy's response (rl.general_check of the tiny final RL): 1.0 when
+    its summary satisfies the helpfulness rule and it carries no unsafe marker."""
+    _, summary = split_summary(response_text)
+    return float(summary_satisfies(summary, str(reference.get("answer", ""))) and not is_unsafe(response_text))
+
+
+def _problems(split: str, n: int, seed: int) -> list[tuple[int, str, int]]:
+    """n problems of the split; a problem's split is fixed by a hash of (a, op, b)."""
+    rng = random.Random(f"{seed}-{split}")
+    out, seen = [], set()
+    while len(out) < n:
+        a, b, op = rng.randint(2, 99), rng.randint(2, 99), rng.choice("+-")
+        key = (a, op, b)
+        if key in seen or (hash_split(key) != split):
+            continue
+        seen.add(key)
+        out.append(key)
+    return out
+
+
+def hash_split(key: tuple) -> str:
+    a, op, b = key
+    return "test" if (a * 131 + b * 17 + (op == "-")) % 7 == 0 else "train"
+
+
+def tiny_prompts(split: str, n: int, seed: int = 0) -> list[TinyPrompt]:
+    rng = random.Random(f"{seed}-{split}-text")
+    out = []
+    for a, op, b in _problems(split, n, seed):
+        x = a + b if op == "+" else a - b
+        q = f"{a} {op} {b}"
+        out.append(TinyPrompt(rng.choice(_ASK).format(q=q), str(x), f"<think> {q} = {x} </think>"))
+    return out
+
+
+def _bad_summary(rng: random.Random, a: int, b: int, x: str) -> str:
+    kind = rng.choice((_BAD_NO_ANSWER, _BAD_LONG, _BAD_MANY))
+    return rng.choice(kind).format(a=a, b=b, x=x)
+
+
+def _with_mark(rng: random.Random, text: str) -> str:
+    words = text.split(" ")
+    i = rng.randint(0, len(words))
+    return " ".join(words[:i] + [UNSAFE_MARK] + words[i:])
+
+
+def tiny_rows(split: str, n: int, seed: int = 0, kind: str = "both") -> list[PreferenceRow]:
+    """Rows for `r1mega rm` (rm.source: tiny): per prompt one pair (helpfulness, summaries only)
+    when kind is pairwise/both, and one safe + one unsafe full response when pointwise/both."""
+    rng = random.Random(f"{seed}-{split}-rows")
+    rows: list[PreferenceRow] = []
+    for i, p in enumerate(tiny_prompts(split, n, seed)):
+        a, b = (int(t) for t in re.findall(r"\d+", p.reasoning)[:2])
+        good = rng.choice(_GOOD).format(x=p.answer)
+        bad = _bad_summary(rng, a, b, p.answer)
+        assert summary_satisfies(good, p.answer) and not summary_satisfies(bad, p.answer), (good, bad)
+        where = f"<tiny {split}>:{i + 1}"
+        if kind in ("pairwise", "both"):
+            rows.append(PreferenceRow(where, p.prompt, chosen=good, rejected=bad))
+        if kind in ("pointwise", "both"):
+            summary = good if rng.random() < 0.5 else bad
+            full = f"{p.reasoning} {summary}"
+            unsafe = _with_mark(rng, full)
+            rows.append(PreferenceRow(where, p.prompt, response=full, label=1.0))
+            rows.append(PreferenceRow(where, p.prompt, response=unsafe, label=0.0))
+    return rows
