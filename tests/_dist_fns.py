@@ -19,3 +19,18 @@ def fail_on_rank_one():
         raise ValueError("rank one is broken on purpose")
     dist.barrier()  # rank 0 blocks here until the launcher stops it
     return "unreachable"
+
+
+def init_single_rank_with_taken_port(port: int):
+    """A lone rank told to use a port another process listens on: it must still start."""
+    from r1mega.parallel.config import ParallelConfig
+    from r1mega.parallel.distributed import destroy_distributed, init_distributed
+
+    os.environ["MASTER_PORT"] = str(port)
+    try:
+        init_distributed(ParallelConfig(), seed=0)
+        t = torch.tensor([3.0])
+        dist.all_reduce(t)
+        return {"world": dist.get_world_size(), "sum": t.item()}
+    finally:
+        destroy_distributed()

@@ -191,13 +191,20 @@ def init_distributed(parallel_cfg: ParallelConfig, *, seed: int, model_cfg=None)
         torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
 
     if not dist.is_initialized():
-        dist.init_process_group(
-            backend=backend,
-            init_method=f"tcp://{_url_host(info.master_addr)}:{info.master_port}",
-            rank=info.rank,
-            world_size=info.world_size,
-            timeout=timedelta(minutes=parallel_cfg.timeout_minutes),
-        )
+        timeout = timedelta(minutes=parallel_cfg.timeout_minutes)
+        if info.world_size == 1:
+            # nobody else connects: the store listens on a port the kernel picks as it binds, so
+            # no other process can take it between choosing and listening
+            store = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, timeout=timeout)
+            dist.init_process_group(backend=backend, store=store, rank=0, world_size=1, timeout=timeout)
+        else:
+            dist.init_process_group(
+                backend=backend,
+                init_method=f"tcp://{_url_host(info.master_addr)}:{info.master_port}",
+                rank=info.rank,
+                world_size=info.world_size,
+                timeout=timeout,
+            )
     parallel_state.initialize_model_parallel(
         **parallel_cfg.megatron_sizes(),
         distributed_timeout_minutes=parallel_cfg.timeout_minutes,

@@ -10,6 +10,7 @@ forked child would inherit torch's thread pools mid-state.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import tempfile
 import time
@@ -26,10 +27,44 @@ class DistributedRunError(RuntimeError):
     """One or more ranks failed or timed out; the message carries each failing rank's traceback."""
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def find_free_port() -> int:
+    """A port that is free now and outside the kernel's ephemeral range.
+
+    A port the kernel hands out for `bind(0)` comes from the ephemeral range, which every outgoing
+    connection (gloo opens many) draws from too: between choosing it and the rank's store
+    listening on it, another connection can take it (EADDRINUSE). Ports outside that range are
+    only taken by an explicit bind, so a random one that binds now is far less likely to clash.
+    The range 20000-30000 is left to SLURM jobs (see r1mega.parallel.distributed).
+    """
+    lo, hi = _ephemeral_range()
+    spans = [(a, b) for a, b in ((30000, lo - 1), (hi + 1, 65535)) if b - a > 100]
+    rng = random.SystemRandom()
+    for _ in range(50) if spans else ():
+        a, b = rng.choice(spans)
+        port = rng.randint(a, b)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _is_port_clash(error: str) -> bool:
+    """The rank's store could not listen on the agreed port: nothing ran yet, a new port helps."""
+    clash = "EADDRINUSE" in error or "address already in use" in error.lower()
+    return clash and ("TCPStore" in error or "rendezvous" in error)
 
 
 def _rank_main(
@@ -82,6 +117,25 @@ def run_distributed(
     `torch.save`, so tensors, dicts and lists come back as they were. Raises DistributedRunError
     with every failing rank's traceback, or on timeout (all ranks are killed).
     """
+    for attempt in range(_PORT_ATTEMPTS):
+        try:
+            return _run_once(fn, world_size, args, kwargs, timeout, threads_per_rank, env)
+        except _PortClash as clash:
+            if attempt == _PORT_ATTEMPTS - 1:
+                raise DistributedRunError(
+                    f"{clash} (the master port was taken {_PORT_ATTEMPTS} times in a row)"
+                ) from None
+    raise AssertionError("unreachable")
+
+
+_PORT_ATTEMPTS = 3
+
+
+class _PortClash(Exception):
+    """Rank 0 could not listen on the chosen port; the launch is retried on a new one."""
+
+
+def _run_once(fn, world_size, args, kwargs, timeout, threads_per_rank, env) -> list[Any]:
     import torch
 
     ctx = mp.get_context("spawn")
@@ -137,7 +191,10 @@ def run_distributed(
             head = f"{getattr(fn, '__qualname__', fn)} on {world_size} ranks failed"
             if timed_out:
                 head += f" (timeout {timeout:.0f}s)"
-            raise DistributedRunError(head + "\n" + "\n".join(errors))
+            message = head + "\n" + "\n".join(errors)
+            if errors[0].startswith("rank 0 raised") and _is_port_clash(errors[0]):
+                raise _PortClash(message)
+            raise DistributedRunError(message)
         return results
 
 
