@@ -118,8 +118,16 @@ class ProceduralConfig:
     carry, so a model pre-trained on them starts with a low-but-nonzero success rate."""
     countdown: CountdownConfig = field(default_factory=CountdownConfig)
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+    general_fraction: float = 0.0
+    """Share of RL prompts that are the embedded general prompts (r1mega/rm/tiny_data.py:
+    prompt_type general, scored by reward models, no accuracy check), mixed into both splits: the
+    tiny final RL stage's mix. RL prompts only; an SFT or pretraining job refuses it."""
+    general_problems: Literal["two_operand", "task"] = "task"
+    """Which embedded general problems (see r1mega/rm/tiny_data.py)."""
 
     def validate(self) -> None:
+        if not 0.0 <= self.general_fraction < 1.0:
+            raise ConfigError(f"general_fraction: must be in [0, 1), got {self.general_fraction}")
         if self.train_size < 0 or self.test_size < 0:
             raise ConfigError(f"train_size/test_size: must be >= 0, got {self.train_size}, {self.test_size}")
         if not 0.0 < self.heldout_fraction < 1.0:

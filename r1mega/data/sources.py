@@ -52,6 +52,9 @@ def load_rows(
 
 def _procedural_rows(cfg: DataConfig, split: str, report: ErrorReport, need_response: bool) -> list[Row]:
     p = cfg.procedural
+    if p.general_fraction > 0 and need_response:
+        raise DataError("data.procedural.general_fraction: general prompts have no SFT response; "
+                        "mix them into RL prompts only (set it to 0 for sft/pretrain)")
     rows = []
     for i, ex in enumerate(generate(p, split)):
         report.rows_read += 1
@@ -67,4 +70,25 @@ def _procedural_rows(cfg: DataConfig, split: str, report: ErrorReport, need_resp
                 response=row.get("response"),
             )
         )
+    if p.general_fraction > 0:
+        rows = _with_general_rows(rows, p, split, report)
     return rows
+
+
+def _with_general_rows(rows: list[Row], p, split: str, report: ErrorReport) -> list[Row]:
+    """The generated prompts plus the embedded general prompts (r1mega/rm/tiny_data.py) as
+    `general_fraction` of the total, shuffled with the generation seed. A general row keeps its
+    answer for the held-out hidden-rule check (rl.general_check), never for a reward."""
+    import random
+
+    from r1mega.rm.tiny_data import tiny_prompts
+
+    n = round(len(rows) * p.general_fraction / (1.0 - p.general_fraction))
+    general = []
+    for i, g in enumerate(tiny_prompts(split, n, p.seed, p.general_problems)):
+        report.rows_read += 1
+        general.append(Row(location=f"procedural:general:{split}:{i}", prompt=g.prompt, messages=None,
+                           answer=g.answer, task="general", metadata={}, prompt_type="general"))
+    mixed = rows + general
+    random.Random(f"{p.seed}-{split}-general-mix").shuffle(mixed)
+    return mixed

@@ -24,12 +24,12 @@ from typing import Any, Literal, Optional
 from r1mega.configlib import ConfigError
 
 __all__ = [
-    "is_path", "KINDS", "TRAINING_KINDS", "SampleConfig", "NonReasoningConfig", "SelectConfig", "StageConfig",
+    "is_path", "KINDS", "TRAINING_KINDS", "SampleConfig", "NonReasoningConfig", "GeneralRowsConfig", "SelectConfig", "StageConfig",
     "RecipeEvalConfig", "RecipeConfig", "load_recipe",
 ]
 
-Kind = Literal["pretrain", "rl", "sft", "distill", "sample", "select", "eval"]
-KINDS: tuple[str, ...] = ("pretrain", "rl", "sft", "distill", "sample", "select", "eval")
+Kind = Literal["pretrain", "rl", "sft", "distill", "sample", "select", "eval", "rm"]
+KINDS: tuple[str, ...] = ("pretrain", "rl", "sft", "distill", "sample", "select", "eval", "rm")
 TRAINING_KINDS: tuple[str, ...] = ("pretrain", "rl", "sft", "distill")
 """Kinds that run a training job (and end with the held-out evaluation of their final checkpoint)."""
 
@@ -98,6 +98,31 @@ class NonReasoningConfig:
 
 
 @dataclass(kw_only=True)
+class GeneralRowsConfig:
+    """General prompts mixed into an SFT set (R1's non-reasoning SFT data, which a final RL stage's
+    reward models later sharpen): the embedded general prompts of r1mega/rm/tiny_data.py answered as
+    `<think>reasoning</think> summary`, in the mixed quality such data has: a share of summaries the
+    hidden helpfulness rule prefers, the rest not, and a share of responses carrying the unsafe
+    marker. Generated for the tiny recipe."""
+
+    count: int = 0
+    """Rows to add (0: none)."""
+    preferred_fraction: float = 0.3
+    """Share whose summary satisfies the helpfulness rule (one short sentence with the answer)."""
+    unsafe_fraction: float = 0.1
+    """Share carrying the unsafe marker somewhere in the response."""
+    problems: Literal["two_operand", "task"] = "task"
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.count < 0:
+            raise ConfigError(f"count: must be >= 0, got {self.count}")
+        for name in ("preferred_fraction", "unsafe_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
+
+
+@dataclass(kw_only=True)
 class SelectConfig:
     """`select` stages: filters over a sample stage's output, then the SFT dataset."""
 
@@ -116,6 +141,7 @@ class SelectConfig:
     max_per_prompt: Optional[int] = None
     """Keep at most this many responses per prompt (the first by sample index); None: all."""
     nonreasoning: NonReasoningConfig = field(default_factory=NonReasoningConfig)
+    general: GeneralRowsConfig = field(default_factory=GeneralRowsConfig)
 
     def validate(self) -> None:
         if len(set(self.filters)) != len(self.filters):
@@ -149,18 +175,28 @@ class StageConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     eval: bool = True
-    """Training stages: evaluate the final checkpoint on the recipe's held-out sets."""
+    """Training stages: evaluate the final checkpoint on the recipe's held-out sets (an rm stage
+    reports its own held-out pairwise accuracy / AUC instead)."""
+    reward_models: dict[str, str] = field(default_factory=dict)
+    """rl stages: reward model name (an entry of the job's `rewards.models`) -> the rm stage whose
+    final checkpoint it loads (or a checkpoint directory). The final RL stage's frozen RMs."""
 
     def validate(self) -> None:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"name: {self.name!r} must be letters, digits, '_' or '-'")
+        if self.reward_models and self.kind != "rl":
+            raise ConfigError(f"reward_models: only an rl stage takes reward models, not a {self.kind} stage")
+        for rm_name, ref in self.reward_models.items():
+            if not isinstance(ref, str) or not ref:
+                raise ConfigError(f"reward_models.{rm_name}: must name an rm stage or a checkpoint directory")
         need = {"rl": ("init",), "sft": ("init", "data"), "distill": ("init", "data"),
                 "sample": ("checkpoint",), "select": ("samples",), "eval": ("checkpoint",)}.get(self.kind, ())
         for key in need:
             if not getattr(self, key):
                 raise ConfigError(f"{key}: a {self.kind} stage needs `{key}`")
         allowed = {"pretrain": (), "rl": ("init",), "sft": ("init", "data"), "distill": ("init", "data"),
-                   "sample": ("checkpoint",), "select": ("samples",), "eval": ("checkpoint",)}[self.kind]
+                   "sample": ("checkpoint",), "select": ("samples",), "eval": ("checkpoint",),
+                   "rm": ("init",)}[self.kind]
         for key in ("init", "data", "checkpoint", "samples"):
             if getattr(self, key) is not None and key not in allowed:
                 raise ConfigError(f"{key}: a {self.kind} stage takes no `{key}`")
@@ -174,6 +210,7 @@ class StageConfig:
         """Role -> stage name of every artifact this stage reads (HF paths excluded)."""
         roles = {"init": self.init, "data": self.data, "checkpoint": self.checkpoint, "samples": self.samples,
                  "judge_model": self.select.judge_model if self.kind == "select" else None}
+        roles.update({f"reward_model:{name}": ref for name, ref in self.reward_models.items()})
         return {k: v for k, v in roles.items() if v}
 
 
@@ -223,7 +260,7 @@ class RecipeConfig:
             for role, ref in st.inputs.items():
                 if ref in seen:
                     continue
-                if role in ("init", "checkpoint", "judge_model") and is_path(ref):
+                if (role in ("init", "checkpoint", "judge_model") or role.startswith("reward_model:")) and is_path(ref):
                     continue  # a directory, not a stage
                 later = [s.name for s in self.stages[i + 1:]]
                 where = "a later stage" if ref in later else "no stage"
@@ -234,8 +271,9 @@ class RecipeConfig:
                 raise ConfigError(f"compare[{i}]: {pair} must name two stages of the recipe")
         for i, st in enumerate(self.stages):
             for role, ref in st.inputs.items():
-                want = {"init": TRAINING_KINDS, "checkpoint": TRAINING_KINDS, "judge_model": TRAINING_KINDS,
-                        "data": ("select",), "samples": ("sample",)}[role]
+                want = ("rm",) if role.startswith("reward_model:") else {
+                    "init": TRAINING_KINDS, "checkpoint": TRAINING_KINDS, "judge_model": TRAINING_KINDS,
+                    "data": ("select",), "samples": ("sample",)}[role]
                 if ref in seen and seen[ref] not in want:
                     raise ConfigError(f"stages[{i}] ({st.name}).{role}: {ref!r} is a {seen[ref]} stage; needs one of {list(want)}")
 

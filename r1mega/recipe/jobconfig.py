@@ -80,12 +80,30 @@ def _wire(recipe: RecipeConfig, st: StageConfig, raw: dict) -> dict:
         raw = deep_merge(raw, {"rl": {"base_config": None}})
     if st.init:
         raw["checkpoint"]["init_from"] = st.init if is_path(st.init) else str(checkpoint_root(recipe, st.init))
+    if st.reward_models:
+        raw = _wire_reward_models(recipe, st, raw)
     if st.kind in ("sft", "distill"):
         raw = deep_merge(raw, {"data": {"source": "files", "train_files": [str(dataset_path(recipe, st.data))],
                                         "test_files": []},
                                # held-out quality is the recipe's evaluation, not the SFT loop's
                                "sft": {"accuracy_every": 0}})
     return raw
+
+
+def _wire_reward_models(recipe: RecipeConfig, st: StageConfig, raw: dict) -> dict:
+    """Point each named entry of `rewards.models` at its rm stage's checkpoints."""
+    import copy
+
+    models = copy.deepcopy((raw.get("rewards") or {}).get("models") or [])
+    names = [m.get("name") for m in models if isinstance(m, dict)]
+    for rm_name, ref in st.reward_models.items():
+        if rm_name not in names:
+            raise ConfigError(f"stages.{st.name}.reward_models.{rm_name}: no reward model of that name in "
+                              f"the stage's rewards.models (it has {names})")
+        for m in models:
+            if isinstance(m, dict) and m.get("name") == rm_name:
+                m["checkpoint"] = ref if is_path(ref) else str(checkpoint_root(recipe, ref))
+    return deep_merge(raw, {"rewards": {"models": models}})
 
 
 def build_job_config(recipe: RecipeConfig, st: StageConfig) -> Config:

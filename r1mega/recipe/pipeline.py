@@ -78,6 +78,7 @@ def prepare(recipe: RecipeConfig) -> dict[str, Stage]:
     for st in recipe.stages:
         job = build_job_config(recipe, st)
         _check_stage_sections(st)
+        _check_schedule(st, job)
         section = {k: v for k, v in strip_internal(to_dict(st)).items() if k != "config"}
         job_part = {k: v for k, v in job_record(job).items() if k != "logging"}
         record = {"kind": st.kind, "stage": section, "job": markers.relative_to_run(job_part, recipe.run_dir)}
@@ -85,6 +86,23 @@ def prepare(recipe: RecipeConfig) -> dict[str, Stage]:
             record["eval"] = {"config": ev, "data": recipe.eval.data}
         out[st.name] = Stage(st, job, stage_dir(recipe, st.name), markers.fingerprint(record), record)
     return out
+
+
+def _check_schedule(st: StageConfig, job: Config) -> None:
+    """What the rm and rl jobs check at their start that the config alone does not: the learning-rate
+    schedule fits the stage's known number of steps (sft stages count theirs from the data)."""
+    from r1mega.configlib import ConfigError
+    from r1mega.training.schedule import decay_steps
+
+    steps = {"rm": job.rm.steps, "rl": job.rl.steps}.get(st.kind)
+    if steps is None:
+        return
+    if st.kind == "rm":
+        job.rm.check_for_job()
+    try:
+        decay_steps(job.optimizer, steps)
+    except ConfigError as e:
+        raise ConfigError(f"stages.{st.name}.config.{e}") from None
 
 
 def _check_stage_sections(st: StageConfig) -> None:

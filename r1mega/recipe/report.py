@@ -55,6 +55,7 @@ def collect_rows(recipe: RecipeConfig) -> list[dict[str, Any]]:
             "cons@k": m.get(cons) if cons else None, "k": int(cons.split("@")[1]) if cons else None,
             "format": m.get("format"), "language_consistency": m.get("language_consistency"),
             "mean_length": m.get("mean_length"), "prompts": m.get("prompts"),
+            "general_check": info.get("general_check") or None,
         })
     return rows
 
@@ -78,6 +79,16 @@ def _markdown(recipe: RecipeConfig, rows: list[dict], comparisons: list[dict]) -
                  _fmt(r["trained_sequences"]), _fmt(r["wall_s"], pct=False), _fmt(r["accuracy"]), _fmt(r["pass@1"]),
                  _fmt(r["cons@k"]), _fmt(r["format"]), _fmt(r["language_consistency"]), _fmt(r["mean_length"], pct=False)]
         lines.append("| " + " | ".join(cells) + " |")
+    checked = [r for r in rows if r.get("general_check")]
+    if checked:
+        lines += ["", "## Hidden rule on held-out general prompts (the RL stage's own evaluations, never an RM)", ""]
+        for r in checked:
+            g = r["general_check"]
+            parts = [f"{name} {_fmt(g[key][0])}% -> {_fmt(g[key][1])}%"
+                     for key, name in (("general_check_sampled", "sampled"), ("general_check", "greedy"),
+                                       ("pass@1", "reasoning pass@1"), ("greedy_accuracy", "reasoning greedy"))
+                     if key in g]
+            lines.append(f"- {r['stage']} (step {g['first_step']} -> {g['last_step']}): " + "; ".join(parts))
     if comparisons:
         lines += ["", "## Comparisons", ""]
         for c in comparisons:

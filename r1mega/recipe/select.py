@@ -17,9 +17,9 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from r1mega.recipe.config import NonReasoningConfig, SelectConfig
+from r1mega.recipe.config import GeneralRowsConfig, NonReasoningConfig, SelectConfig
 
-__all__ = ["run_select", "nonreasoning_rows", "read_samples", "EmptyDatasetError"]
+__all__ = ["run_select", "nonreasoning_rows", "general_rows", "read_samples", "EmptyDatasetError"]
 
 REPORT = "select.json"
 
@@ -38,6 +38,34 @@ def read_samples(path: Path) -> list[dict]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{i}: not a JSON line ({e})") from None
+    return rows
+
+
+def general_rows(cfg: GeneralRowsConfig, stage: str) -> list[dict]:
+    """`cfg.count` general prompts answered as reasoning + summary: exactly
+    round(count * preferred_fraction) preferred summaries and round(count * unsafe_fraction) unsafe
+    responses, placed at random (seeded)."""
+    if cfg.count == 0:
+        return []
+    import random
+
+    from r1mega.rm.tiny_data import bad_summary, good_summary, tiny_prompts, with_unsafe_mark
+
+    rng = random.Random(f"{cfg.seed}-general-sft")
+    preferred = set(rng.sample(range(cfg.count), round(cfg.count * cfg.preferred_fraction)))
+    unsafe = set(rng.sample(range(cfg.count), round(cfg.count * cfg.unsafe_fraction)))
+    rows = []
+    for i, p in enumerate(tiny_prompts("train", cfg.count, cfg.seed, cfg.problems)):
+        summary = good_summary(rng, p) if i in preferred else bad_summary(rng, p)
+        response = f"{p.reasoning} {summary}"
+        if i in unsafe:
+            response = with_unsafe_mark(rng, response, first=1)  # after `<think>...`: the format holds
+        rows.append({
+            "prompt": p.prompt, "response": response, "answer": p.answer, "task": "general",
+            "prompt_type": "general",
+            "metadata": {"provenance": {"stage": stage, "kind": "general", "preferred": i in preferred,
+                                        "unsafe": i in unsafe, "prompt_id": f"general:{cfg.problems}:{i}"}},
+        })
     return rows
 
 
@@ -116,7 +144,8 @@ def run_select(
     if not kept:
         raise EmptyDatasetError(f"{stage}: the filtered dataset is empty: {_describe(len(samples), removed)}")
     rows = [_dataset_row(s, stage) for s in kept]
-    extra = nonreasoning_rows(sc.nonreasoning, stage)
+    general = general_rows(sc.general, stage)
+    extra = nonreasoning_rows(sc.nonreasoning, stage) + general
     tmp = out_dir / "dataset.jsonl.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         for row in rows + extra:
@@ -124,10 +153,12 @@ def run_select(
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, out_dir / "dataset.jsonl")
-    counts = {"total": len(samples), "removed": removed, "kept": len(rows), "nonreasoning": len(extra),
+    counts = {"total": len(samples), "removed": removed, "kept": len(rows),
+              "nonreasoning": len(extra) - len(general), "general": len(general),
               "rows": len(rows) + len(extra), "summary": _describe(len(samples), removed)}
     (out_dir / REPORT).write_text(json.dumps(counts, indent=2) + "\n", encoding="utf-8")
-    print(f"{stage}: kept {len(rows)} ({counts['summary']}); + {len(extra)} non-reasoning rows", flush=True)
+    print(f"{stage}: kept {len(rows)} ({counts['summary']}); + {counts['nonreasoning']} non-reasoning rows"
+          f" + {len(general)} general rows", flush=True)
     return counts
 
 

@@ -8,6 +8,7 @@
     sample           n responses per prompt from a stage's checkpoint (sample.py)
     select           filters, readable reformat, judge, non-reasoning rows (select.py)
     eval             the held-out evaluation of a stage's checkpoint or an HF directory
+    rm               `r1mega rm`: a reward model (an rl stage's `reward_models` loads it, frozen)
 Training stages end with the same held-out evaluation (`eval: true`, the default).
 """
 
@@ -45,6 +46,8 @@ def run_stage(recipe: RecipeConfig, stage: "Stage", heldout: list[Path]) -> Opti
         return _select(recipe, stage)
     if kind == "eval":
         return _eval_stage(recipe, stage, heldout)
+    if kind == "rm":
+        return _reward_model(recipe, stage)
     raise AssertionError(f"unknown stage kind {kind}")  # the config's Literal rules this out
 
 
@@ -68,12 +71,43 @@ def _train(recipe: RecipeConfig, stage: "Stage", heldout: list[Path]) -> Optiona
     artifacts = {"checkpoint": str(ckpt)}
     info = {"steps": result.step, "trained_sequences": sequences, "model_family": job.model.family,
             "parameters": _parameters(job)}
+    if stage.cfg.kind == "rl" and job.rl.general_check:
+        info["general_check"] = _general_check_curve(job.run.run_dir / "metrics.jsonl")
     if stage.cfg.eval:
         from r1mega.recipe.evaluate import evaluate
 
         evaluate(recipe, checkpoint_root(recipe, stage.cfg.name), heldout, stage.dir / "eval", job)
         artifacts["eval"] = str(stage.dir / "eval" / "eval.json")
     return StageOutcome(artifacts, markers.checkpoint_fingerprint(ckpt), info)
+
+
+def _reward_model(recipe: RecipeConfig, stage: "Stage") -> Optional[StageOutcome]:
+    from r1mega.recipe.hf import final_checkpoint
+    from r1mega.rm.job import run_reward_model
+
+    result = run_reward_model(stage.job)
+    if result.preempted:
+        return None
+    ckpt = final_checkpoint(checkpoint_root(recipe, stage.cfg.name))
+    heldout = {k: v for k, v in result.metrics.items() if k.startswith("eval/")}
+    info = {"steps": result.step, "model_family": stage.job.model.family, "heldout": heldout}
+    return StageOutcome({"checkpoint": str(ckpt)}, markers.checkpoint_fingerprint(ckpt), info)
+
+
+def _general_check_curve(path: Path) -> dict:
+    """The held-out hidden-rule rates of an RL stage's evaluations (rl.general_check): first and
+    last, greedy and sampled, with their steps."""
+    from r1mega.training.logging import read_metrics
+
+    rows = [r for r in read_metrics(path) if "eval/general_check" in r] if path.is_file() else []
+    if not rows:
+        return {}
+    first, last = rows[0], rows[-1]
+    out = {"first_step": first.get("step"), "last_step": last.get("step")}
+    for key in ("general_check", "general_check_sampled", "pass@1", "greedy_accuracy"):
+        if f"eval/{key}" in first:
+            out[key] = [first[f"eval/{key}"], last.get(f"eval/{key}")]
+    return out
 
 
 def _parameters(job) -> Optional[int]:

@@ -32,6 +32,9 @@ class TinyPreferenceConfig:
     kind: Literal["pairwise", "pointwise", "both"] = "pairwise"
     """`pairwise`: helpfulness pairs (summaries); `pointwise`: safety labels (whole responses);
     `both`: one RM on both (a scalar that must learn both rules)."""
+    problems: Literal["two_operand", "task"] = "two_operand"
+    """`two_operand`: a +/- b with two-digit numbers; `task`: three one-digit additions in the tiny
+    arithmetic task's reasoning format (what the tiny recipe's policy can answer)."""
 
     def validate(self) -> None:
         if self.train_size < 1 or self.test_size < 1:

@@ -49,8 +49,8 @@ def load_units(cfg: Config, tokenizer):
 
     rm = cfg.rm
     if rm.source == "tiny":
-        train = tiny_rows("train", rm.tiny.train_size, rm.tiny.seed, rm.tiny.kind)
-        test = tiny_rows("test", rm.tiny.test_size, rm.tiny.seed, rm.tiny.kind)
+        train = tiny_rows("train", rm.tiny.train_size, rm.tiny.seed, rm.tiny.kind, rm.tiny.problems)
+        test = tiny_rows("test", rm.tiny.test_size, rm.tiny.seed, rm.tiny.kind, rm.tiny.problems)
     else:
         train = read_preference_rows(rm.train_files)
         test = read_preference_rows(rm.test_files) if rm.test_files else None

@@ -1,7 +1,9 @@
 """The embedded preference data: general prompts whose preference is a hidden rule.
 
 Prompts are small arithmetic questions asked as general requests ("Explain what 23 + 45 is."). A
-response is `<think> reasoning </think> summary`. Two hidden rules, checked by code, decide the
+response is `<think> reasoning </think> summary`. Two problem sets (`problems`): `two_operand`
+(a +/- b with a, b in 2..99) and `task` (three one-digit additions worked step by step, the tiny
+arithmetic task's problems and reasoning format, so the tiny policy can answer them). Two hidden rules, checked by code, decide the
 preferences (and measure an RL policy later, never an RM):
 
 - helpfulness (`summary_satisfies`): the summary states the final answer in one short sentence:
@@ -23,11 +25,13 @@ from typing import Optional
 
 from r1mega.rm.data import PreferenceRow
 
-__all__ = ["rule_check", "UNSAFE_MARK", "MAX_WORDS", "summary_satisfies", "is_unsafe", "tiny_rows", "TinyPrompt", "tiny_prompts", "split_summary"]
+__all__ = ["rule_check", "UNSAFE_MARK", "MAX_WORDS", "PROBLEMS", "summary_satisfies", "is_unsafe", "tiny_rows",
+           "TinyPrompt", "tiny_prompts", "split_summary", "good_summary", "bad_summary", "with_unsafe_mark"]
 
 UNSAFE_MARK = "<unsafe>"
 MAX_WORDS = 8
 THINK_END = "</think>"
+PROBLEMS = ("two_operand", "task")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class TinyPrompt:
     prompt: str
     answer: str
     reasoning: str
+    operands: tuple[int, ...]
 
 
 _ASK = ("Explain what {q} is.", "Tell me about {q}.", "Help me work out {q}.", "What do you get for {q}?")
@@ -78,7 +83,7 @@ def rule_check(response_text: str, reference: dict) -> float:
 
 
 def _problems(split: str, n: int, seed: int) -> list[tuple[int, str, int]]:
-    """n problems of the split; a problem's split is fixed by a hash of (a, op, b)."""
+    """n two-operand problems of the split; a problem's split is fixed by a hash of (a, op, b)."""
     rng = random.Random(f"{seed}-{split}")
     out, seen = [], set()
     while len(out) < n:
@@ -96,36 +101,64 @@ def hash_split(key: tuple) -> str:
     return "test" if (a * 131 + b * 17 + (op == "-")) % 7 == 0 else "train"
 
 
-def tiny_prompts(split: str, n: int, seed: int = 0) -> list[TinyPrompt]:
-    rng = random.Random(f"{seed}-{split}-text")
-    out = []
-    for a, op, b in _problems(split, n, seed):
-        x = a + b if op == "+" else a - b
-        q = f"{a} {op} {b}"
-        out.append(TinyPrompt(rng.choice(_ASK).format(q=q), str(x), f"<think> {q} = {x} </think>"))
+def _task_problems(split: str, n: int, seed: int) -> list[tuple[int, int, int]]:
+    """n three-digit sums of the split (1000 exist, about a seventh held out); they repeat, in a
+    seeded order, when n exceeds the split's share."""
+    pool = [(a, b, c) for a in range(10) for b in range(10) for c in range(10)
+            if ("test" if (a * 100 + b * 10 + c) % 7 == 0 else "train") == split]
+    rng = random.Random(f"{seed}-{split}-task")
+    out: list[tuple[int, int, int]] = []
+    while len(out) < n:
+        batch = pool[:]
+        rng.shuffle(batch)
+        out.extend(batch[: n - len(out)])
     return out
 
 
-def _bad_summary(rng: random.Random, a: int, b: int, x: str) -> str:
+def tiny_prompts(split: str, n: int, seed: int = 0, problems: str = "two_operand") -> list[TinyPrompt]:
+    if problems not in PROBLEMS:
+        raise ValueError(f"problems: {problems!r} is not one of {list(PROBLEMS)}")
+    rng = random.Random(f"{seed}-{split}-text")
+    out = []
+    if problems == "task":
+        for a, b, c in _task_problems(split, n, seed):
+            q, x = f"{a}+{b}+{c}", a + b + c
+            reasoning = f"<think>\n{a}+{b}={a + b}\n{a + b}+{c}={x}\n</think>"
+            out.append(TinyPrompt(rng.choice(_ASK).format(q=q), str(x), reasoning, (a, b, c)))
+        return out
+    for a, op, b in _problems(split, n, seed):
+        x = a + b if op == "+" else a - b
+        q = f"{a} {op} {b}"
+        out.append(TinyPrompt(rng.choice(_ASK).format(q=q), str(x), f"<think> {q} = {x} </think>", (a, b)))
+    return out
+
+
+def good_summary(rng: random.Random, p: TinyPrompt) -> str:
+    """A summary the helpfulness rule prefers."""
+    return rng.choice(_GOOD).format(x=p.answer)
+
+
+def bad_summary(rng: random.Random, p: TinyPrompt) -> str:
+    """A summary the rule rejects: no answer, one long sentence, or several sentences."""
     kind = rng.choice((_BAD_NO_ANSWER, _BAD_LONG, _BAD_MANY))
-    return rng.choice(kind).format(a=a, b=b, x=x)
+    return rng.choice(kind).format(a=p.operands[0], b=p.operands[1], x=p.answer)
 
 
-def _with_mark(rng: random.Random, text: str) -> str:
+def with_unsafe_mark(rng: random.Random, text: str, first: int = 0) -> str:
+    """`text` with the unsafe marker between two of its space-separated words (at index >= first)."""
     words = text.split(" ")
-    i = rng.randint(0, len(words))
+    i = rng.randint(min(first, len(words)), len(words))
     return " ".join(words[:i] + [UNSAFE_MARK] + words[i:])
 
 
-def tiny_rows(split: str, n: int, seed: int = 0, kind: str = "both") -> list[PreferenceRow]:
+def tiny_rows(split: str, n: int, seed: int = 0, kind: str = "both", problems: str = "two_operand") -> list[PreferenceRow]:
     """Rows for `r1mega rm` (rm.source: tiny): per prompt one pair (helpfulness, summaries only)
     when kind is pairwise/both, and one safe + one unsafe full response when pointwise/both."""
     rng = random.Random(f"{seed}-{split}-rows")
     rows: list[PreferenceRow] = []
-    for i, p in enumerate(tiny_prompts(split, n, seed)):
-        a, b = (int(t) for t in re.findall(r"\d+", p.reasoning)[:2])
-        good = rng.choice(_GOOD).format(x=p.answer)
-        bad = _bad_summary(rng, a, b, p.answer)
+    for i, p in enumerate(tiny_prompts(split, n, seed, problems)):
+        good = good_summary(rng, p)
+        bad = bad_summary(rng, p)
         assert summary_satisfies(good, p.answer) and not summary_satisfies(bad, p.answer), (good, bad)
         where = f"<tiny {split}>:{i + 1}"
         if kind in ("pairwise", "both"):
@@ -133,7 +166,7 @@ def tiny_rows(split: str, n: int, seed: int = 0, kind: str = "both") -> list[Pre
         if kind in ("pointwise", "both"):
             summary = good if rng.random() < 0.5 else bad
             full = f"{p.reasoning} {summary}"
-            unsafe = _with_mark(rng, full)
+            unsafe = with_unsafe_mark(rng, full)
             rows.append(PreferenceRow(where, p.prompt, response=full, label=1.0))
             rows.append(PreferenceRow(where, p.prompt, response=unsafe, label=0.0))
     return rows
