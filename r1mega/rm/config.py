@@ -35,10 +35,16 @@ class TinyPreferenceConfig:
     problems: Literal["two_operand", "task"] = "two_operand"
     """`two_operand`: a +/- b with two-digit numbers; `task`: three one-digit additions in the tiny
     arithmetic task's reasoning format (what the tiny recipe's policy can answer)."""
+    wrong_answer_share: float = 0.0
+    """Share of rejected summaries that have the preferred form but a wrong number: the RM must
+    then check the answer, not only the form (a policy otherwise learns to write any short
+    sentence with any number)."""
 
     def validate(self) -> None:
         if self.train_size < 1 or self.test_size < 1:
             raise ConfigError(f"train_size/test_size: must be >= 1, got {self.train_size}/{self.test_size}")
+        if not 0.0 <= self.wrong_answer_share <= 1.0:
+            raise ConfigError(f"wrong_answer_share: must be in [0, 1], got {self.wrong_answer_share}")
 
 
 @dataclass(kw_only=True)

@@ -49,8 +49,9 @@ def load_units(cfg: Config, tokenizer):
 
     rm = cfg.rm
     if rm.source == "tiny":
-        train = tiny_rows("train", rm.tiny.train_size, rm.tiny.seed, rm.tiny.kind, rm.tiny.problems)
-        test = tiny_rows("test", rm.tiny.test_size, rm.tiny.seed, rm.tiny.kind, rm.tiny.problems)
+        t = rm.tiny
+        train = tiny_rows("train", t.train_size, t.seed, t.kind, t.problems, t.wrong_answer_share)
+        test = tiny_rows("test", t.test_size, t.seed, t.kind, t.problems, t.wrong_answer_share)
     else:
         train = read_preference_rows(rm.train_files)
         test = read_preference_rows(rm.test_files) if rm.test_files else None

@@ -43,6 +43,9 @@ class TinyPrompt:
 
 
 _ASK = ("Explain what {q} is.", "Tell me about {q}.", "Help me work out {q}.", "What do you get for {q}?")
+# the task problems keep the reasoning prompts' opening, so the policy reads the operands as it learnt to
+_ASK_TASK = ("Calculate {q} and say it in a sentence.", "Calculate {q} and tell me.", "Calculate {q} in words.",
+             "Calculate {q} and explain.")
 _GOOD = ("The answer is {x}.", "So the answer is {x}.", "It equals {x}.", "The result is {x}.")
 _BAD_NO_ANSWER = ("I worked it out above.", "The steps above show it.", "That is how it goes.", "See the reasoning.")
 _BAD_LONG = (
@@ -124,7 +127,7 @@ def tiny_prompts(split: str, n: int, seed: int = 0, problems: str = "two_operand
         for a, b, c in _task_problems(split, n, seed):
             q, x = f"{a}+{b}+{c}", a + b + c
             reasoning = f"<think>\n{a}+{b}={a + b}\n{a + b}+{c}={x}\n</think>"
-            out.append(TinyPrompt(rng.choice(_ASK).format(q=q), str(x), reasoning, (a, b, c)))
+            out.append(TinyPrompt(rng.choice(_ASK_TASK).format(q=q), str(x), reasoning, (a, b, c)))
         return out
     for a, op, b in _problems(split, n, seed):
         x = a + b if op == "+" else a - b
@@ -138,8 +141,13 @@ def good_summary(rng: random.Random, p: TinyPrompt) -> str:
     return rng.choice(_GOOD).format(x=p.answer)
 
 
-def bad_summary(rng: random.Random, p: TinyPrompt) -> str:
-    """A summary the rule rejects: no answer, one long sentence, or several sentences."""
+def bad_summary(rng: random.Random, p: TinyPrompt, wrong_answer_share: float = 0.0) -> str:
+    """A summary the rule rejects: no answer, one long sentence, or several sentences; with
+    probability `wrong_answer_share`, the preferred form with a wrong number (telling it apart
+    takes the sum itself, not the summary's form)."""
+    if wrong_answer_share and rng.random() < wrong_answer_share:
+        x = int(p.answer) + rng.choice([d for d in (-3, -2, -1, 1, 2, 3) if int(p.answer) + d >= 0])
+        return rng.choice(_GOOD).format(x=x)
     kind = rng.choice((_BAD_NO_ANSWER, _BAD_LONG, _BAD_MANY))
     return rng.choice(kind).format(a=p.operands[0], b=p.operands[1], x=p.answer)
 
@@ -151,14 +159,15 @@ def with_unsafe_mark(rng: random.Random, text: str, first: int = 0) -> str:
     return " ".join(words[:i] + [UNSAFE_MARK] + words[i:])
 
 
-def tiny_rows(split: str, n: int, seed: int = 0, kind: str = "both", problems: str = "two_operand") -> list[PreferenceRow]:
+def tiny_rows(split: str, n: int, seed: int = 0, kind: str = "both", problems: str = "two_operand",
+              wrong_answer_share: float = 0.0) -> list[PreferenceRow]:
     """Rows for `r1mega rm` (rm.source: tiny): per prompt one pair (helpfulness, summaries only)
     when kind is pairwise/both, and one safe + one unsafe full response when pointwise/both."""
     rng = random.Random(f"{seed}-{split}-rows")
     rows: list[PreferenceRow] = []
     for i, p in enumerate(tiny_prompts(split, n, seed, problems)):
         good = good_summary(rng, p)
-        bad = bad_summary(rng, p)
+        bad = bad_summary(rng, p, wrong_answer_share)
         assert summary_satisfies(good, p.answer) and not summary_satisfies(bad, p.answer), (good, bad)
         where = f"<tiny {split}>:{i + 1}"
         if kind in ("pairwise", "both"):
