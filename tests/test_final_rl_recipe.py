@@ -82,6 +82,23 @@ def test_two_operand_problems_are_unchanged_by_the_new_option():
     assert [r.chosen for r in tiny_rows("train", 4, 0, "pairwise")] == [r.chosen for r in tiny_rows("train", 4, 0, "pairwise", "two_operand")]
 
 
+def test_wrong_answer_rejects_have_the_preferred_form_and_a_wrong_number():
+    import re
+
+    from r1mega.rm.tiny_data import summary_satisfies, tiny_prompts, tiny_rows
+
+    rows = tiny_rows("train", 200, seed=5, kind="pairwise", problems="task", wrong_answer_share=1.0)
+    answers = [p.answer for p in tiny_prompts("train", 200, 5, "task")]
+    for row, answer in zip(rows, answers):
+        number = re.findall(r"\d+", row.rejected)
+        assert len(number) == 1 and number[0] != answer and int(number[0]) >= 0, row.rejected
+        assert summary_satisfies(row.rejected.replace(number[0], answer), answer)  # only the number is wrong
+        assert summary_satisfies(row.chosen, answer)
+    # without the option every reject fails by its form: no number put right would make it pass
+    plain = tiny_rows("train", 200, seed=5, kind="pairwise", problems="task")
+    assert not any(summary_satisfies(re.sub(r"\d+", a, r.rejected), a) for r, a in zip(plain, answers))
+
+
 # ------------------------------------------------------------------------------------------------
 # general rows in the SFT set and general prompts among the RL prompts
 # ------------------------------------------------------------------------------------------------

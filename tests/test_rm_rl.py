@@ -123,3 +123,15 @@ def test_a_row_with_an_unknown_prompt_type_is_refused(tmp_path):
     ds = load_prompt_dataset(cfg.data, "train")
     assert [ex.reference["prompt_type"] for ex in ds] == ["reasoning", "general"]
     assert ds.tasks == {"arithmetic"}  # general prompts need no accuracy check
+
+
+@pytest.mark.dist
+def test_offloaded_rms_score_exactly_as_resident_ones(rms, scored):
+    out, help_root, safe_root = rms
+    specs = [{**_spec(help_root, "helpful", "summary", 0.5), "offload": True},
+             {**_spec(safe_root, "safety", "full", 2.0, ("general", "reasoning")), "offload": True}]
+    mixed = [(TEXTS[0], GENERAL), (TEXTS[3], REASONING), (TEXTS[1], GENERAL), (TEXTS[2], GENERAL),
+             (TEXTS[4], GENERAL), (TEXTS[3], REASONING)]
+    (offloaded,) = run_distributed(_rm_rl_fns.score_texts, 1, out, specs, {}, [mixed, mixed], timeout=600)
+    single, _, _ = scored
+    assert offloaded[0] == single[0] and offloaded[1] == single[0]  # twice: weights back after a visit

@@ -35,6 +35,10 @@ class RewardModelSpec:
     """The RM's input text: must be the template it was trained with (rm.template)."""
     micro_batch_tokens: int = 8192
     """Token budget of one scoring microbatch (sequences x padded length)."""
+    offload: Optional[bool] = None
+    """Keep the RM's weights in host memory between scorings and put them on the GPU only while it
+    scores (r1mega/rm/residency.py), so a colocated RM costs GPU memory only after rollout. None:
+    on with CUDA, off without (on CPU the weights are in host memory already)."""
     missing_summary_score: float = 0.0
     """The score (before `weight`) of a response with no closed reasoning when part is summary:
     there is no summary to score. The format reward is what teaches closing the reasoning."""

@@ -19,12 +19,14 @@ summary RM found no closed reasoning).
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 
 from r1mega.rewards.config import RewardModelSpec
+from r1mega.rm.residency import HostResidency
 
 __all__ = ["reward_model_config_of", "check_reward_models", "RewardModelScorer", "ModelRewards", "build_scorers", "scored_part"]
 
@@ -88,7 +90,8 @@ def _response_text(sample: Any) -> str:
 
 
 class RewardModelScorer:
-    """One frozen RM on this rank's devices, in the trainer's layout."""
+    """One frozen RM on this rank's devices, in the trainer's layout; with `offload`, its weights
+    stay in host memory except while it scores."""
 
     def __init__(self, spec: RewardModelSpec, model_cfg, cfg, tokenizer, *, params_dtype=torch.float32):
         from megatron.core import parallel_state
@@ -108,6 +111,9 @@ class RewardModelScorer:
             c.eval()
             for p in c.parameters():
                 p.requires_grad_(False)  # frozen: R1's guard against reward hacking
+        offload = spec.offload if spec.offload is not None else torch.cuda.is_available()
+        device = next(self.chunks[0].parameters()).device
+        self.residency = HostResidency(self.chunks, device) if offload else None
         self.dp_size = parallel_state.get_data_parallel_world_size()
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.multiple = cfg.parallel.tp if cfg.parallel.sequence_parallel else 1
@@ -165,10 +171,11 @@ class RewardModelScorer:
 
         found: dict[int, float] = {}
         if mbs:
-            out = forward_backward(
-                self.chunks, mbs, keep, seq_length=max(mb["tokens"].shape[1] for mb in mbs),
-                micro_batch_size=max(mb["tokens"].shape[0] for mb in mbs), forward_only=True, forward_fn=rm_forward,
-            )
+            with self.residency.on_device() if self.residency is not None else nullcontext():
+                out = forward_backward(
+                    self.chunks, mbs, keep, seq_length=max(mb["tokens"].shape[1] for mb in mbs),
+                    micro_batch_size=max(mb["tokens"].shape[0] for mb in mbs), forward_only=True, forward_fn=rm_forward,
+                )
             for m in out:
                 for idx, v in zip(m["index"].tolist(), m["scores"].tolist()):
                     if idx >= 0:
