@@ -194,6 +194,20 @@ def _broadcast(tensor: Optional[torch.Tensor], item: ExportItem, staging: _Stagi
     return tensor
 
 
+def _into_staging(full: Optional[torch.Tensor], fresh: bool, item: ExportItem, staging: _Staging):
+    """A fresh tensor (the TP gather's concatenation) about to be broadcast moves into the staging
+    buffer first, and the fresh one is dropped here. A collective's work object keeps a reference to
+    the tensors it sends and may release it on its communication thread, after the caller let go:
+    the memory would then outlive its bucket and be freed where no one accounts for it (the export's
+    bound was exceeded by one such tensor in a test). The stacked shards in the staging buffer are
+    no longer needed once concatenated, so the copy overwrites them."""
+    if full is None or not fresh:
+        return full, fresh
+    view = staging.view(item.full_shape, item.dtype)
+    view.copy_(full)
+    return view, False
+
+
 def _device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
@@ -216,8 +230,10 @@ def _full_tensor(item: ExportItem, staging: _Staging) -> tuple[torch.Tensor, boo
         )
         full, fresh = _gather_tp(item, staging, group)
     if item.ep_rank is not None and on_stage and ps.get_expert_model_parallel_world_size() > 1:
+        full, fresh = _into_staging(full, fresh, item, staging)
         full = _broadcast(full, item, staging, item.ep_rank, ps.get_expert_model_parallel_group())
     if ps.get_pipeline_model_parallel_world_size() > 1:
+        full, fresh = _into_staging(full, fresh, item, staging)
         full = _broadcast(full if on_stage else None, item, staging, item.stage, ps.get_pipeline_model_parallel_group())
         fresh = fresh and on_stage
     assert full is not None and tuple(full.shape) == item.full_shape, item.megatron_name
