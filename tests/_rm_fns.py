@@ -6,6 +6,8 @@ from typing import Optional
 
 import torch
 
+from tests import _sft_fns
+
 TINY_RM = "examples/configs/tiny_rm.yaml"
 
 
@@ -36,22 +38,6 @@ def rm_config(out_dir: str, overrides: Optional[list[str]] = None):
     ))
 
 
-def _reference_weights(model_cfg, seed: int) -> dict[str, torch.Tensor]:
-    from megatron.core import parallel_state
-
-    from r1mega.models.builder import build_model
-    from r1mega.parallel.config import ParallelConfig
-    from r1mega.parallel.distributed import init_distributed
-    from tests import parallel_equivalence as pe
-
-    init_distributed(ParallelConfig(), seed=seed)
-    (ref,) = build_model(model_cfg, ParallelConfig())
-    pe.randomize_(ref, seed)
-    weights = {n: p.detach().clone() for n, p in ref.named_parameters()}
-    parallel_state.destroy_model_parallel()
-    return weights
-
-
 def train_layouts(out_dir: str, layouts: list[dict], seed: int = 11, overrides: Optional[list[str]] = None) -> list[dict]:
     """For each layout: the same random start weights, rm.steps steps, then the held-out metrics."""
     import dataclasses
@@ -68,7 +54,7 @@ def train_layouts(out_dir: str, layouts: list[dict], seed: int = 11, overrides: 
     # SGD: a step scales with the gradient (Adam's first steps would hide a wrongly scaled one)
     base = rm_config(out_dir, ["optimizer.name=sgd", "optimizer.lr=0.5", "optimizer.clip_grad=0",
                                "parallel.use_distributed_optimizer=false", *(overrides or [])])
-    reference = _reference_weights(base.model, seed)
+    reference = _sft_fns._reference_weights(base.model, seed)
     tokenizer = load_tokenizer(base.data.tokenizer)
     train, test = load_units(base, tokenizer)
     out = []

@@ -27,6 +27,7 @@ import torch
 
 from r1mega.rewards.config import RewardModelSpec
 from r1mega.rm.residency import HostResidency
+from r1mega.training.trainer_common import rank_where
 
 __all__ = ["reward_model_config_of", "check_reward_models", "RewardModelScorer", "ModelRewards", "build_scorers", "scored_part"]
 
@@ -185,20 +186,11 @@ class RewardModelScorer:
             dist.all_gather_object(everyone, found, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
             found = {k: v for d in everyone for k, v in d.items()}
         box = [found if (self.is_last_stage and self.dp_rank == 0 and parallel_state.get_tensor_model_parallel_rank() == 0) else None]
-        src = _source_rank(box[0] is not None)
+        src = rank_where(box[0] is not None)
         if dist.get_world_size() > 1:
             dist.broadcast_object_list(box, src=src)
         found = box[0]
         return [found[i] if i in found else (self.spec.missing_summary_score if i in no_summary else None) for i in range(len(samples))]
-
-
-def _source_rank(mine: bool) -> int:
-    import torch.distributed as dist
-
-    flag = torch.tensor([dist.get_rank() if mine else -1], dtype=torch.long)
-    if dist.get_world_size() > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return int(flag.item())
 
 
 class ModelRewards:

@@ -27,7 +27,7 @@ from r1mega.rm.data import Unit, make_rm_microbatch, plan_unit_microbatches
 from r1mega.rm.loss import auc, rm_loss
 from r1mega.training.batching import dp_share, pad_multiple
 from r1mega.training.megatron_step import forward_backward, wrap_with_ddp
-from r1mega.training.trainer_common import find_metrics_source, trainer_config_overrides
+from r1mega.training.trainer_common import find_metrics_source, sum_over_data_parallel, trainer_config_overrides
 
 __all__ = ["RewardModelTrainer", "rm_forward"]
 
@@ -127,12 +127,7 @@ class RewardModelTrainer:
         return out
 
     def _sum_over_dp(self, values: list[float]) -> list[float]:
-        from megatron.core import parallel_state
-
-        t = torch.tensor(values, dtype=torch.float64)
-        if self.dp_size > 1:
-            torch.distributed.all_reduce(t, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
-        return t.tolist()
+        return sum_over_data_parallel(values, self.dp_size)
 
     def train_step(self) -> dict[str, float]:
         start = time.perf_counter()

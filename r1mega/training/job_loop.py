@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 from r1mega.config import Config
 
-__all__ = ["TrainOutcome", "train_with_saves", "say", "report_io", "IO_LOG"]
+__all__ = ["TrainOutcome", "train_with_saves", "resume_trainer", "say", "report_io", "IO_LOG"]
 
 IO_LOG = "checkpoint_io.jsonl"
 """In the run directory: one JSON line per checkpoint save/load and HF export (seconds, peak extra
@@ -83,6 +83,22 @@ def train_with_saves(
     if not preempted and cfg.checkpoint.save_at_end and saved_step != trainer.step:
         save(trainer)
     return TrainOutcome(metrics=metrics, checkpoint=last_path, preempted=preempted)
+
+
+def resume_trainer(cfg: Config, trainer: Any, path) -> None:
+    """Load a training checkpoint into a built trainer (model, optimizer, scheduler, step and the
+    data sampler's position): what every supervised job (sft, pretrain, rm) does on resume."""
+    from r1mega.training import checkpoint as ckpt
+
+    loaded = ckpt.load_checkpoint(
+        path, trainer.model, trainer.optimizer, trainer.scheduler, model_config=cfg.model,
+        load_optimizer=cfg.checkpoint.load_optimizer, load_rng=cfg.checkpoint.load_rng,
+    )
+    report_io(cfg)
+    trainer.step = loaded.step
+    if "sampler" in loaded.extra_state:
+        trainer.sampler.load_state_dict(loaded.extra_state["sampler"])
+    say(f"resumed from {path} at step {loaded.step}")
 
 
 def report_io(cfg: Config) -> None:

@@ -33,7 +33,7 @@ from r1mega.config import Config
 from r1mega.data.sampler import PromptSampler
 from r1mega.training.batching import build_microbatches, dp_share, pad_multiple
 from r1mega.training.megatron_step import forward_backward, wrap_with_ddp
-from r1mega.training.trainer_common import find_metrics_source, trainer_config_overrides
+from r1mega.training.trainer_common import find_metrics_source, sum_over_data_parallel, trainer_config_overrides
 
 __all__ = ["SupervisedTrainer", "token_sum_loss"]
 
@@ -146,13 +146,7 @@ class SupervisedTrainer:
         )
 
     def _reduce_over_dp(self, *values: float) -> list[float]:
-        """Sum over the data-parallel group (float64, so token counts stay exact)."""
-        from megatron.core import parallel_state
-
-        t = torch.tensor(values, dtype=torch.float64)
-        if self.dp_size > 1:
-            torch.distributed.all_reduce(t, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
-        return t.tolist()
+        return sum_over_data_parallel(values, self.dp_size)
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step on the next global batch; metrics are valid on the last stage."""

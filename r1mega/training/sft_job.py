@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from r1mega.config import Config, save_config
-from r1mega.training.job_loop import report_io, say as _say
+from r1mega.training.job_loop import report_io, resume_trainer, say as _say
 
 __all__ = ["run_supervised", "JobResult", "load_datasets"]
 
@@ -93,20 +93,7 @@ def run_supervised(cfg: Config, stage: Stage) -> JobResult:
                 report_io(cfg)
         trainer.build(init_fn)
         if resume_path is not None:
-            loaded = ckpt.load_checkpoint(
-                resume_path,
-                trainer.model,
-                trainer.optimizer,
-                trainer.scheduler,
-                model_config=cfg.model,
-                load_optimizer=cfg.checkpoint.load_optimizer,
-                load_rng=cfg.checkpoint.load_rng,
-            )
-            report_io(cfg)
-            trainer.step = loaded.step
-            if "sampler" in loaded.extra_state:
-                trainer.sampler.load_state_dict(loaded.extra_state["sampler"])
-            _say(f"resumed from {resume_path} at step {loaded.step}")
+            resume_trainer(cfg, trainer, resume_path)
         if dist.get_rank() == 0:
             save_config(cfg, cfg.run.run_dir / f"{stage}_config.yaml")
 

@@ -42,6 +42,24 @@ def find_metrics_source(is_last_stage: bool, dp_rank: int) -> int:
         and parallel_state.get_context_parallel_rank() == 0
         and dp_rank == 0
     )
+    return rank_where(mine)
+
+
+def rank_where(mine: bool) -> int:
+    """A collective: the highest global rank for which `mine` is true (-1 when none)."""
+    import torch.distributed as dist
+
     flag = torch.tensor([dist.get_rank() if mine else -1], dtype=torch.long)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return int(flag.item())
+
+
+def sum_over_data_parallel(values, dp_size: int) -> list[float]:
+    """Sum `values` over the data-parallel group (float64, so token and unit counts stay exact)."""
+    from megatron.core import parallel_state
+
+    t = torch.tensor(list(values), dtype=torch.float64)
+    if dp_size > 1:
+        torch.distributed.all_reduce(t, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+    return t.tolist()
