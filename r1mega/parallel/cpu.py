@@ -37,6 +37,7 @@ __all__ = [
     "cpu_support_enabled",
     "MEGATRON_VERSION",
     "CpuDeviceMode",
+    "device_mode_suspended",
 ]
 
 _ENABLED = False
@@ -275,6 +276,28 @@ def _push_device_mode() -> None:
     _check_autograd_internals()
     # Entered for the life of the process (never exited): every later torch call is mapped.
     CpuDeviceMode().__enter__()
+
+
+@contextlib.contextmanager
+def device_mode_suspended():
+    """Run the body without the CPU device mode, for code that never names a CUDA device (the
+    built-in rollout engine's transformers model, r1mega's own CPU-side tensors).
+
+    The mode costs a Python dispatch on every torch call (~2.5 us, measured against no mode on the
+    2-core CPU machine), a quarter of the tiny default's generation time. Only the mode on top of
+    this thread's stack is suspended; with another mode above it (or none), the body runs as is.
+    """
+    from torch.overrides import _get_current_function_mode_stack, _pop_mode, _push_mode
+
+    stack = _get_current_function_mode_stack()
+    if not stack or not isinstance(stack[-1], CpuDeviceMode):
+        yield
+        return
+    mode = _pop_mode()
+    try:
+        yield
+    finally:
+        _push_mode(mode)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Iterable, Optional, Sequence, Union
 import torch
 from transformers import DynamicCache, PretrainedConfig
 
+from r1mega.parallel.cpu import device_mode_suspended
 from r1mega.rollout.hf_model import (
     ModelSource,
     build_hf_model,
@@ -35,7 +36,7 @@ from r1mega.rollout.hf_model import (
 )
 from r1mega.rollout.hf_weights import HFWeightMap
 from r1mega.rollout.routing import RoutingRecorder
-from r1mega.rollout.sampling import sample_generators, sample_next_tokens, scaled_logprobs
+from r1mega.rollout.sampling import UniformStreams, sample_generators, sample_next_tokens, scaled_logprobs
 from r1mega.rollout.stopping import Decoder, StopChecker
 from r1mega.rollout.types import NamedTensors, Sample, SamplingParams
 
@@ -181,6 +182,7 @@ class BuiltinEngine:
 
     # -- generation ----------------------------------------------------------------------------
 
+    @device_mode_suspended()
     @torch.inference_mode()
     def generate(self, prompts_token_ids: Sequence[Sequence[int]], sampling: SamplingParams) -> list[Sample]:
         """One Sample per prompt, in order (see the module docstring for how the work is batched).
@@ -243,8 +245,10 @@ class BuiltinEngine:
         tokens_out = [[] for _ in prompts]
         logprobs_out = [[] for _ in prompts]
         reasons: list[Optional[str]] = [None] * len(prompts)
+        streams = UniformStreams(generators) if sampling.temperature > 0 else None
         while True:
-            tokens, logprobs = sample_next_tokens(logits, sampling, [generators[i] for i in running])
+            uniforms = streams.next(running) if streams is not None else None
+            tokens, logprobs = sample_next_tokens(logits, sampling, [generators[i] for i in running], uniforms)
             keep = []
             for row, (i, tok, lp) in enumerate(zip(running, tokens.tolist(), logprobs.tolist())):
                 tokens_out[i].append(tok)
@@ -284,6 +288,7 @@ class BuiltinEngine:
 
     # -- teacher forcing -----------------------------------------------------------------------
 
+    @device_mode_suspended()
     @torch.inference_mode()
     def compute_logprobs(
         self,

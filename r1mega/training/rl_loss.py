@@ -82,6 +82,13 @@ class RLLoss:
     # ----------------------------------------------------------------------------------------------
 
     def _microbatches(self, items: Sequence[Trajectory]) -> list[dict]:
+        from r1mega.parallel.cpu import device_mode_suspended
+
+        # host tensors built token by token: no CUDA device is named, the CPU mode's dispatch is waste
+        with device_mode_suspended():
+            return self._build_microbatches(items)
+
+    def _build_microbatches(self, items: Sequence[Trajectory]) -> list[dict]:
         if self.rl.share_prompts:
             from r1mega.training.shared_prompt import build_shared_prompt_microbatches
 
