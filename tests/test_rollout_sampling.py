@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from r1mega.rollout.sampling import (
+    UniformStreams,
+    draw_uniforms,
     sample_generators,
     sample_next_tokens,
     scaled_logprobs,
@@ -115,6 +117,33 @@ def test_per_sample_streams_depend_on_seed_and_index_only():
     draws = [torch.rand((), generator=g).item() for g in sample_generators(42, 6)]
     assert len(set(draws)) == 6  # distinct streams per index
     assert draws != [torch.rand((), generator=g).item() for g in sample_generators(43, 6)]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_uniform_streams_give_the_single_draw_sequence(chunk):
+    """Drawing a chunk of float64 uniforms at once must equal one draw per token from the same
+    generator (the engine's samples would change otherwise), as samples leave the batch mid-chunk."""
+    seed = int(torch.randint(0, 2**31, ()))
+    n, steps = 7, 150
+    reference = sample_generators(seed, n)
+    streams = UniformStreams(sample_generators(seed, n), chunk=chunk)
+    running = list(range(n))
+    for t in range(steps):
+        got = streams.next(running)
+        want = draw_uniforms([reference[i] for i in running], torch.device("cpu"))
+        assert got.dtype == torch.float64 and torch.equal(got, want), f"step {t}, chunk {chunk}"
+        if t in (5, 40, 97):  # a sample finishes: it leaves the batch, the others keep their streams
+            running = running[1:] if t != 40 else running[:-1]
+
+
+def test_sampling_with_given_uniforms_equals_drawing_them():
+    logits = torch.randn(6, 30, generator=torch.Generator().manual_seed(7))
+    params = SamplingParams(temperature=0.8, top_p=0.9)
+    a = sample_next_tokens(logits, params, sample_generators(5, 6))
+    b = sample_next_tokens(logits, params, [], UniformStreams(sample_generators(5, 6)).next(range(6)))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="chunk"):
+        UniformStreams(sample_generators(5, 2), chunk=0)
 
 
 def test_sampling_params_validation_names_the_field():

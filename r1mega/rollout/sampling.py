@@ -5,9 +5,12 @@ before truncation (see `r1mega.rollout.types`); truncation only changes which to
 Order of operations, as in HF's and vLLM's samplers: temperature, then top-k, then top-p applied to
 the renormalised top-k distribution. Temperature 0 is greedy, reported at temperature 1.
 
-Randomness: each sample owns a `torch.Generator` seeded from (request seed, sample index) and draws
-exactly one uniform per generated token, used by inverse-CDF sampling. A sample's draws therefore do
-not depend on which other samples share its batch or on the micro-batch size.
+Randomness: each sample owns a `torch.Generator` seeded from (request seed, sample index) and uses
+exactly one uniform of its stream per generated token, by inverse-CDF sampling. A sample's draws
+therefore do not depend on which other samples share its batch or on the micro-batch size.
+`UniformStreams` draws those uniforms a chunk at a time: the same values in the same order (CPU
+generators give n float64 draws in one call exactly as n single draws; tests/test_rollout_sampling.py
+checks it), at one call per sample per chunk of tokens rather than per token.
 """
 
 from __future__ import annotations
@@ -36,6 +39,33 @@ def draw_uniforms(generators: Sequence[torch.Generator], device: torch.device) -
     """One U[0, 1) draw per sample, in float64 so the inverse CDF is resolved finely."""
     draws = [torch.rand((), generator=g, dtype=torch.float64) for g in generators]
     return torch.stack(draws).to(device)  # [batch]
+
+
+class UniformStreams:
+    """The t-th uniform of every running sample at decode step t, drawn `chunk` steps ahead.
+
+    Samples of one batch advance in lockstep (each running sample takes one token per step), so the
+    draws form a [batch, chunk] table refilled every `chunk` steps for the samples still running.
+    """
+
+    def __init__(self, generators: Sequence[torch.Generator], chunk: int = 64):
+        if chunk < 1:
+            raise ValueError(f"UniformStreams: chunk must be >= 1, got {chunk}")
+        self.generators = list(generators)
+        self.chunk = chunk
+        self._table = torch.empty(len(self.generators), chunk, dtype=torch.float64)  # [batch, chunk]
+        self._step = 0
+
+    def next(self, rows: Sequence[int]) -> torch.Tensor:
+        """[len(rows)] float64: this step's uniform of each sample in `rows` (indices into the
+        generators, each still running); advances every stream by one step."""
+        col = self._step % self.chunk
+        index = torch.tensor(list(rows), dtype=torch.long)
+        if col == 0:
+            fresh = [torch.rand(self.chunk, generator=self.generators[i], dtype=torch.float64) for i in rows]
+            self._table.index_copy_(0, index, torch.stack(fresh))
+        self._step += 1
+        return self._table[index, col]
 
 
 def scaled_logprobs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -83,15 +113,24 @@ def inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
 
 
 def sample_next_tokens(
-    logits: torch.Tensor, params: SamplingParams, generators: Sequence[torch.Generator]
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generators: Sequence[torch.Generator],
+    uniforms: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row of `logits` [batch, vocab]; return (token ids [batch], log-probs [batch])."""
+    """Draw one token per row of `logits` [batch, vocab]; return (token ids [batch], log-probs [batch]).
+
+    Each row takes its uniform from `uniforms` [batch] when given (`UniformStreams`), else one fresh
+    draw from its generator."""
     logprobs = scaled_logprobs(logits, params.temperature)  # [batch, vocab]
     if params.temperature == 0:
         tokens = torch.argmax(logprobs, dim=-1)
     else:
-        assert len(generators) == logits.shape[0], "one generator per row"
+        if uniforms is None:
+            assert len(generators) == logits.shape[0], "one generator per row"
+            uniforms = draw_uniforms(generators, logits.device)
+        assert uniforms.shape == (logits.shape[0],), "one uniform per row"
         weights, ids = truncate_sorted(logprobs.exp(), params.top_k, params.top_p)
-        choice = inverse_cdf(weights, draw_uniforms(generators, logits.device))  # [batch]
+        choice = inverse_cdf(weights, uniforms.to(logits.device))  # [batch]
         tokens = choice if ids is None else ids.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
     return tokens, logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
