@@ -61,6 +61,7 @@ def _local_spec_for_cpu(block: TransformerBlockSubmodules) -> TransformerBlockSu
                 attn_sub,
                 q_layernorm=swap_norm(attn_sub.q_layernorm, HeadNorm),
                 k_layernorm=swap_norm(attn_sub.k_layernorm, HeadNorm),
+                core_attention=SDPACoreAttention,
             )
         sub = dataclasses.replace(
             sub,
