@@ -282,9 +282,12 @@ class RLTrainer:
                     last = share_metrics(metrics if self._is_metrics_source() else None, self._metrics_src)
                 if self._eval_due():
                     last.update(self.evaluate())
-                last.update(profile_log.record(self.step, self.profile.end()))  # every rank's; rank 0's here
-                log.log(self.step, last)
-                self.profile.begin()  # the save below belongs to the next window
+                times = self.profile.end()
+                # windows tile the loop: writing this row (and the save below) belongs to the next one
+                self.profile.begin()
+                with self.profile.phase("bookkeeping"):
+                    last.update(profile_log.record(self.step, times))  # every rank's; rank 0's here
+                    log.log(self.step, last)
                 if "loss" in last and not math.isfinite(last["loss"]):
                     raise FloatingPointError(f"step {self.step}: loss is {last['loss']}")
                 if on_step_end is not None:

@@ -6,8 +6,9 @@
         ...
     times = profile.end()                 # {"time/generate": ..., "time/other": ..., "time/step": ...}
 
-A window runs from the end of the previous step's metrics row to the end of this one, so everything
-the loop does is inside exactly one window: the step itself, the evaluation, and the checkpoint save
+A window runs from the end of the previous window to the end of this step's, so windows tile the
+loop and everything it does is inside exactly one window: the step itself, the evaluation, writing
+the previous step's metrics row (bookkeeping), and the checkpoint save
 of the previous step (`on_step_end` runs after a row is logged). Phases never nest (a nested one is
 a bug: its time would count twice), so their sum never exceeds the window; what no phase claims is
 `time/other` (untimed Python, waiting on other ranks outside a named phase). Hence
