@@ -79,3 +79,39 @@ def test_distributed_optimizer_needs_adam():
 def test_optimizer_config_rejects_bad_values(field, value, match):
     with pytest.raises(ConfigError, match=match):
         OptimizerConfig(**{field: value}).validate()
+
+
+@pytest.mark.parametrize("cls,kwargs", [
+    (torch.optim.AdamW, dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)),
+    (torch.optim.Adam, dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8)),
+    (torch.optim.SGD, dict(lr=1e-2, momentum=0.9)),
+])
+def test_foreach_on_host_is_bit_identical_to_one_tensor_at_a_time(cls, kwargs):
+    """`_foreach_on_host` switches host optimizers to torch's multi-tensor step; it must not change
+    a single bit of the parameters or the optimizer state over several steps."""
+    from types import SimpleNamespace
+
+    from r1mega.training.optimizer import _foreach_on_host
+
+    seed = int(torch.randint(0, 2**31, ()))
+    shapes = [(512, 128), (128,), (384, 128), (704, 128), (128, 352)]
+
+    def run(foreach: bool):
+        gen = torch.Generator().manual_seed(seed)
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+        opt = cls(params, **kwargs)
+        if foreach:
+            _foreach_on_host(SimpleNamespace(chained_optimizers=[SimpleNamespace(optimizer=opt)]))
+            assert all(g["foreach"] for g in opt.param_groups)
+        else:
+            assert not any(g.get("foreach") for g in opt.param_groups)
+        for _ in range(4):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        state = [t for p in params for t in opt.state[p].values() if torch.is_tensor(t)]
+        return [p.detach() for p in params], state
+
+    (p1, s1), (p2, s2) = run(False), run(True)
+    assert all(torch.equal(a, b) for a, b in zip(p1, p2))
+    assert len(s1) == len(s2) and all(torch.equal(a, b) for a, b in zip(s1, s2))

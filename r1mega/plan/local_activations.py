@@ -6,11 +6,10 @@ created (r1mega/plan/measure.py) on CPU.
 
 What is counted (bytes, on one rank, for one pipeline stage): the saved tensors of every
 microbatch in flight, the stage's input and output, the last stage's logits and the output layer's
-backward transients, and megatron's global "mpu" buffer that the local attention's `baddbmm`
-takes its (ignored) input from. Parameters, gradient buffers and optimizer state are not in it:
+backward transients. Parameters, gradient buffers and optimizer state are not in it:
 they exist before the step and are counted by the planner's other lines.
 
-Models with megatron's local `DotProductAttention`: dense (llama, qwen2, qwen3) and qwen3_moe-like
+Models with the local spec's SDPA core attention (r1mega/models/cpu_spec.py): dense (llama, qwen2, qwen3) and qwen3_moe-like
 MoE layers without TP/EP (with EP the tokens a rank's experts get depend on the routing) and
 without full recompute. MLA (SDPA core attention, DeepSeek-V3) is not modelled here; the planner
 keeps its GPU formula for what is not (`local_spec_supported`).
@@ -36,7 +35,7 @@ class StepShape:
 
 
 def local_spec_supported(m: ModelConfig, p: ParallelConfig) -> bool:
-    """What this model derives: megatron's local DotProductAttention (no MLA), no context
+    """What this model derives: the local spec's SDPA core attention (no MLA), no context
     parallelism, recompute none, full, or selective of core_attn only; MoE only as below."""
     if m.multi_latent_attention or p.cp != 1:
         return False
@@ -100,11 +99,9 @@ def local_layer_saved_bytes(m: ModelConfig, p: ParallelConfig, shape: StepShape,
     # rsqrt per token; the layer input x is counted as the previous layer's output
     total += a * t_sp * (2 * h + 1)
     # SelfAttention.get_query_key_value_tensors: mixed_qkv (linear_qkv's output) is split into
-    # views; it stays alive only while a view of it is saved: by the k norm (qk_layernorm), by core
-    # attention's bmm on the value (no GQA repeat when groups == heads), or by the core_attn
-    # recompute checkpoint, which saves its q, k, v inputs (v is always a view)
-    if m.qk_layernorm or groups == heads or recompute == "core_attn":
-        total += a * t * (q + 2 * kv)
+    # views; the value stays a view of it and is saved (by SDPA, or by the core_attn recompute
+    # checkpoint), so all of it stays alive
+    total += a * t * (q + 2 * kv)
     if m.qk_layernorm:
         # HeadNorm on q (input: the reshape copy) and k (a view of mixed_qkv): x * rsqrt and rsqrt
         total += a * t * q  # the query reshape copy, saved as q_layernorm's input
@@ -114,21 +111,14 @@ def local_layer_saved_bytes(m: ModelConfig, p: ParallelConfig, shape: StepShape,
     # of [s, 1, 1, hn] for q and for k; its output for q (torch.cat of rotate_half) is saved by the
     # attention matmul
     total += a * 4 * s * hn
-    total += a * t * q  # rotated query (saved by baddbmm, or by the core_attn checkpoint)
-    if recompute == "core_attn":
-        # CheckpointFunction around DotProductAttention saves its inputs: the rotated q (above),
-        # the rotated key (a new tensor) and the value view (mixed_qkv, above)
-        total += a * t * kv
-    else:
-        # DotProductAttention.forward: key/value repeat_interleave'd to all heads (copies) under
-        # GQA, else the rotated key (a new tensor) and the value view (mixed_qkv, counted above)
-        total += a * t * q if groups < heads else a * t * kv  # key
-        if groups < heads:
-            total += a * t * q  # value copy
-        # FusedScaleMaskSoftmax (unfused torch path): softmax output [b, heads, s, s], saved by the
-        # softmax backward and the context bmm; the causal mask (bool [s, s]) saved by masked_fill
-        total += a * b * heads * s * s + s * s
-    # context.permute(...).contiguous(): the core attention output, linear_proj's input
+    total += a * t * q  # rotated query (saved by SDPA, or by the core_attn checkpoint)
+    total += a * t * kv  # rotated key (a new tensor; GQA needs no copies: SDPA's enable_gqa)
+    if recompute != "core_attn":
+        # SDPA (the CPU flash kernel) saves its output and the fp32 log-sum-exp [b, heads, s]; no
+        # [s, s] scores are kept
+        total += 4 * t * heads
+    # the core attention output: the kernel writes it [b, s, heads, hn], so the [s, b, heads * hn]
+    # that linear_proj saves is a view of it (of the checkpoint's output under core_attn recompute)
     total += a * t * q
     # residual add after attention (input of pre_mlp_layernorm), with its norm as above
     total += a * t_sp * h + a * t_sp * (2 * h + 1)
@@ -158,8 +148,8 @@ def local_step_activation_bytes(m: ModelConfig, p: ParallelConfig, shape: StepSh
     - "output layer backward" (last stage): the logits and the output layer's gradients;
     - "last layer MLP backward": the MLP's input gradients, with the layer re-run under full
       recompute;
-    - "last layer attention backward": four [b, heads, s, s] gradients of the unfused softmax
-      chain at once (the recomputed attention under selective core_attn recompute).
+    - "last layer attention backward": SDPA's backward, its gradients of q, k and v (with the
+      recomputed attention under selective core_attn recompute).
     """
     a = shape.act_bytes
     b, s = shape.micro_batch_size, shape.seq_length
@@ -171,7 +161,6 @@ def local_step_activation_bytes(m: ModelConfig, p: ParallelConfig, shape: StepSh
     groups = (m.num_query_groups or m.num_attention_heads) // tp
     q = heads * m.head_dim
     ffn = m.ffn_hidden_size // tp
-    probs = a * b * heads * s * s  # one [b, heads/tp, s, s] tensor
     recompute = _recompute_mode(p)
     layer = local_layer_saved_bytes(m, p, shape, recompute=recompute)
     per_mb = (
@@ -179,9 +168,7 @@ def local_step_activation_bytes(m: ModelConfig, p: ParallelConfig, shape: StepSh
         + a * t_sp * h  # the stage input: the embedding's transposed copy, or the received activation
         + a * s * m.head_dim  # RotaryEmbedding.forward: the freqs table [s, hn] (torch.cat)
     )
-    # parallel_state's global memory buffer ("mpu"): baddbmm's input [b * heads, s, s], made on
-    # first use and kept (DotProductAttention.forward)
-    held = per_mb * in_flight + probs
+    held = per_mb * in_flight
     # on the last stage the last layer's output is freed once final_layernorm's backward has run;
     # elsewhere the schedule keeps the stage output until its backward_step
     out_freed = a * t_sp * h if last_stage else 0.0
@@ -215,17 +202,14 @@ def local_step_activation_bytes(m: ModelConfig, p: ParallelConfig, shape: StepSh
         mlp += a * t * h
     points["last layer MLP backward"] = mlp
     # attention backward of the last layer: its MLP, pre-MLP norm, residual and context are freed;
-    # bmm backward gives the probabilities' and the value's gradients, then softmax backward,
-    # masked_fill backward and baddbmm's zero gradient for its beta=0 input: four [b, heads, s, s]
+    # linear_proj's input gradient, made contiguous for SDPA's backward, which returns the
+    # gradients of q, k and v
     after_core = a * t * q + a * t_sp * h + a * t_sp * (2 * h + 1) + _mlp_saved_bytes(m, p, shape)
-    value_copy = a * t * q if groups < heads else 0.0  # the GQA value copy, freed with the bmm node
-    attn = held + in_backward - out_freed - after_core + grad_in + 4 * probs + a * t * q - value_copy
+    kv = groups * m.head_dim
+    attn = held + in_backward - out_freed - after_core + grad_in + 2 * a * t * q + a * t * (q + 2 * kv)
     if recompute == "core_attn":
-        # the checkpointed core attention is re-run first: the softmax output, the causal mask and
-        # the GQA key/value copies come back
-        attn += s * s + (2 * a * t * q if groups < heads else 0.0)
-    else:
-        attn -= probs  # the saved softmax output is released by its backward
+        # the checkpointed core attention is re-run first: its output and log-sum-exp come back
+        attn += a * t * q + 4 * t * heads
     points["last layer attention backward"] = attn
     return points
 
