@@ -35,6 +35,7 @@ from r1mega.rollout.hf_model import (
     resolve_dtype,
 )
 from r1mega.rollout.hf_weights import HFWeightMap
+from r1mega.rollout.lean_decode import LeanDecoder
 from r1mega.rollout.routing import RoutingRecorder
 from r1mega.rollout.sampling import UniformStreams, sample_generators, sample_next_tokens, scaled_logprobs
 from r1mega.rollout.stopping import Decoder, StopChecker
@@ -67,12 +68,14 @@ class BuiltinEngine:
         eos_token_ids: Optional[Sequence[int]] = None,
         seed: int = 0,
         record_routing: bool = False,
+        lean_decode: bool = True,
     ):
         """`model`: a transformers config (random weights, to be replaced by update_weights) or a local
         HF checkpoint directory (safetensors). `eos_token_ids` replaces the ids read from the model
         config / generation_config.json / tokenizer. `seed` seeds the requests that bring none.
         `record_routing`: every Sample carries metadata["routed_experts"] (MoE routing replay; see
-        r1mega.rollout.routing for the layout)."""
+        r1mega.rollout.routing for the layout). `lean_decode`: decode steps through `LeanDecoder`
+        (bit-identical, without transformers' per-call overhead) where the model is one it covers."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size: must be >= 1, got {max_batch_size}")
         if max_tokens_per_forward < max_batch_size:
@@ -98,6 +101,8 @@ class BuiltinEngine:
         self._cache_kwarg = kv_cache_argument(self.model)
         self.weights = HFWeightMap(self.model)
         self._routing = RoutingRecorder(self.model) if record_routing else None
+        lean = lean_decode and not record_routing and LeanDecoder.supports(self.model)
+        self._lean = LeanDecoder(self.model) if lean else None
         self._state = _READY
         self._released_layout: list = []
         if directory is not None:
@@ -120,6 +125,7 @@ class BuiltinEngine:
             attn_implementation=rollout_cfg.attn_implementation,
             experts_implementation=rollout_cfg.experts_implementation,
             record_routing=rollout_cfg.routing_replay,
+            lean_decode=rollout_cfg.lean_decode,
             **kwargs,
         )
 
@@ -239,6 +245,10 @@ class BuiltinEngine:
             rows = torch.tensor(owner, device=self.device)  # [batch]
             cache.batch_select_indices(rows)
             logits, mask, positions = logits[rows], mask[rows], positions[rows]  # [batch, ...]
+        lean = self._lean
+        if lean is not None:
+            lean.take_cache(cache)
+            cache = None
         decode_routes: list[list[torch.Tensor]] = [[] for _ in prompts]  # per prompt: [1, layers, top_k] per step
         next_pos = positions[:, -1] + 1  # [batch]
         running = list(range(len(prompts)))  # position in the batch -> prompt index
@@ -260,23 +270,17 @@ class BuiltinEngine:
                 break
             if len(keep) < len(running):  # finished samples leave the batch and the cache
                 idx = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(idx)
+                if lean is not None:
+                    lean.select(idx)
+                else:
+                    cache.batch_select_indices(idx)
                 mask, next_pos, tokens = mask[idx], next_pos[idx], tokens[idx]
                 running = [running[r] for r in keep]
             mask = torch.cat([mask, mask.new_ones(len(running), 1)], dim=1)  # [batch, past + 1]
-            out = self.model(
-                input_ids=tokens.unsqueeze(1),
-                attention_mask=mask,
-                position_ids=next_pos.unsqueeze(1),
-                **{self._cache_kwarg: cache},
-                use_cache=True,
-            )
-            if self._routing is not None:
-                step = self._routing.take(len(running), 1)  # [running, 1, layers, top_k]
-                for row, i in enumerate(running):
-                    decode_routes[i].append(step[row])
-            logits = out.logits[:, -1]  # [batch, vocab]
+            logits = self._decode_step(tokens, mask, next_pos, cache, running, decode_routes)  # [batch, vocab]
             next_pos = next_pos + 1
+        if lean is not None:
+            lean.release()
         routed: list[Optional[torch.Tensor]] = [None] * len(prompts)
         if self._routing is not None:
             full = torch.cat(prefill_routes, dim=1)  # [distinct, width, layers, top_k]; left-padded
@@ -285,6 +289,23 @@ class BuiltinEngine:
                 # prompt positions, then every fed response token: prompt + response - 1 rows
                 routed[i] = torch.cat([full[owner[i], width - len(p):], *decode_routes[i]], dim=0)
         return list(zip(tokens_out, logprobs_out, reasons, routed))
+
+    def _decode_step(self, tokens, mask, positions, cache, running, decode_routes) -> torch.Tensor:
+        """Logits [batch, vocab] after feeding one token per running sample; fills the cache."""
+        if self._lean is not None:
+            return self._lean.step(tokens, mask, positions)
+        out = self.model(
+            input_ids=tokens.unsqueeze(1),
+            attention_mask=mask,
+            position_ids=positions.unsqueeze(1),
+            **{self._cache_kwarg: cache},
+            use_cache=True,
+        )
+        if self._routing is not None:
+            step = self._routing.take(len(running), 1)  # [running, 1, layers, top_k]
+            for row, i in enumerate(running):
+                decode_routes[i].append(step[row])
+        return out.logits[:, -1]
 
     # -- teacher forcing -----------------------------------------------------------------------
 

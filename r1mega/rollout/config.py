@@ -37,6 +37,9 @@ class RolloutConfig:
     """auto = cuda when available, else cpu."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     """transformers attention kernel of the built-in engine."""
+    lean_decode: bool = True
+    """Built-in engine: decode steps of dense llama/qwen2/qwen3 models through `LeanDecoder`, bit-identical
+    to transformers' forward without its per-call overhead (r1mega/rollout/lean_decode.py)."""
     experts_implementation: Optional[Literal["eager", "grouped_mm", "batched_mm"]] = None
     """transformers MoE expert kernel of the built-in engine; None = transformers' default."""
     tp: int = 1
