@@ -241,14 +241,16 @@ class BuiltinEngine:
         cache = DynamicCache(config=self.model.config)
         prefill_routes: list[torch.Tensor] = []  # [distinct, chunk, layers, top_k] per prefill chunk
         logits = self._prefill(input_ids, mask, positions, cache, routes=prefill_routes)  # [distinct, vocab]
+        rows = None
         if len(unique) < len(prompts):
             rows = torch.tensor(owner, device=self.device)  # [batch]
-            cache.batch_select_indices(rows)
             logits, mask, positions = logits[rows], mask[rows], positions[rows]  # [batch, ...]
         lean = self._lean
         if lean is not None:
-            lean.take_cache(cache)
+            lean.take_cache(cache, rows)  # copies the shared rows straight into its buffers
             cache = None
+        elif rows is not None:
+            cache.batch_select_indices(rows)
         decode_routes: list[list[torch.Tensor]] = [[] for _ in prompts]  # per prompt: [1, layers, top_k] per step
         next_pos = positions[:, -1] + 1  # [batch]
         running = list(range(len(prompts)))  # position in the batch -> prompt index

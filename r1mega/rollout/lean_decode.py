@@ -84,14 +84,15 @@ class LeanDecoder:
 
     # -- cache ---------------------------------------------------------------------------------
 
-    def take_cache(self, cache) -> None:
+    def take_cache(self, cache, rows: Optional[torch.Tensor] = None) -> None:
         """Adopt the keys/values of a transformers DynamicCache filled by the prefill, copied into
-        buffers with room for `CACHE_CHUNK` more positions."""
+        buffers with room for `CACHE_CHUNK` more positions; `rows` [batch] picks (and repeats) the
+        cache rows each sample starts from (a GRPO group shares one prefilled prompt)."""
         if len(cache.layers) != len(self.layers):
             raise ValueError(f"take_cache: {len(cache.layers)} cache layers for {len(self.layers)} model layers")
         self.length = cache.layers[0].keys.shape[2]
-        self.keys = [self._with_room(layer.keys) for layer in cache.layers]
-        self.values = [self._with_room(layer.values) for layer in cache.layers]
+        self.keys = [self._with_room(layer.keys, rows) for layer in cache.layers]
+        self.values = [self._with_room(layer.values, rows) for layer in cache.layers]
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only these batch rows of the cache (finished samples leave). index_select copies
@@ -107,10 +108,16 @@ class LeanDecoder:
         return self.keys[i][:, :, : self.length], self.values[i][:, :, : self.length]
 
     @staticmethod
-    def _with_room(t: torch.Tensor) -> torch.Tensor:
+    def _with_room(t: torch.Tensor, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """t [batch, heads, length, dim] (its `rows` if given) in a buffer with CACHE_CHUNK spare positions."""
         batch, heads, length, dim = t.shape
+        if rows is not None:
+            batch = rows.numel()
         room = t.new_empty(batch, heads, length + CACHE_CHUNK, dim)
-        room[:, :, :length].copy_(t)
+        if rows is None:
+            room[:, :, :length].copy_(t)
+        else:
+            torch.index_select(t, 0, rows, out=room[:, :, :length])
         return room
 
     # -- the step ------------------------------------------------------------------------------
