@@ -67,3 +67,29 @@ def test_summary_ratios_and_table():
     table = bench_peer.markdown(report)
     assert "| r1mega | 60-66 | 0.50-0.60 | 95.0%-96.0% | 47.5%-48.0% | 150% |" in table
     assert "| trl | 80-90 | 0.90-1.00 |" in table
+
+
+def test_repeated_runs_give_each_seed_the_median_and_keep_every_run():
+    runs = []
+    for repeat, (mine, theirs) in enumerate([(0.50, 0.80), (0.58, 0.84), (0.52, 0.95)]):
+        for system, t in (("r1mega", mine), ("trl", theirs)):
+            runs.append({**_run(system, 7, t, 40.0 + repeat, 0.9), "repeat": repeat})
+    runs.append({**_run("r1mega", 8, 0.6, 50.0, 0.9), "repeat": 0})
+    runs.append({**_run("trl", 8, 0.9, 70.0, 0.9), "repeat": 0})
+    s = bench_peer.summarize(runs)
+    seven = {r["system"]: r for r in bench_peer.per_seed(runs) if r["seed"] == 7}
+    assert seven["r1mega"]["s_per_step"] == 0.52 and seven["trl"]["s_per_step"] == 0.84  # medians
+    assert seven["r1mega"]["s_per_step_runs"] == [0.50, 0.58, 0.52]
+    assert seven["r1mega"]["wall_s"] == 41.0 and seven["r1mega"]["phases"]["fwd_bwd"] == 0.52
+    ratio = s["r1mega_over_trl"]
+    assert ratio["steps_per_s"] == [round(0.84 / 0.52, 3), 1.5]
+    assert ratio["steps_per_s_by_run"] == {7: [1.6, round(0.84 / 0.58, 3), round(0.95 / 0.52, 3)], 8: [1.5]}
+    assert s["r1mega"]["s_per_step"]["min"] == 0.52  # the summary spans seeds, not runs
+    table = bench_peer.markdown({"summary": s, "args": {"pass_k": 4}, "base_eval": {"greedy_accuracy": 0.5}})
+    assert "run by run" in table
+
+
+def test_repeats_must_be_positive(tmp_path):
+    with pytest.raises(SystemExit, match="--repeats must be >= 1"):
+        bench_peer.main(["--steps", "1", "--seeds", "1", "--repeats", "0", "--systems", "r1mega",
+                         "--out", str(tmp_path / "r.json")])

@@ -18,7 +18,11 @@ both) and r1mega's scorer (`score_completions`) counts accuracy and format.
 The JSON report has, per seed and system: the whole command's wall time and CPU use (user + system
 seconds of the command and its children / wall, from getrusage), s/step (mean and median of the
 per-step windows: r1mega's `time/step`, TRL's step-begin to step-begin), the mean per-phase times,
-and the held-out results; plus r1mega's steps/s over TRL's per seed. A markdown table is printed.
+and the held-out results; plus r1mega's steps/s over TRL's per seed. With --repeats N each system runs N
+times per seed, alternating, and a seed's numbers are the median of its runs (the host's load can
+move a run's s/step by 10-15% within minutes); every run stays in the report, and the final models
+(identical across a seed's runs of r1mega, which is deterministic) are scored once. A markdown
+table is printed.
 TRL is optional (`pip install -e '.[bench]'`): without it the TRL runs fail with one clear line.
 Timings on a machine with other work are contended: run it on an idle one.
 """
@@ -53,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--systems", nargs="+", choices=["r1mega", "trl"], default=["r1mega", "trl"])
     p.add_argument("--trl-python", default=sys.executable,
                    help="the Python that runs TRL (one with `.[bench]` installed; default: this one)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs of each system per seed, alternating (r1mega, TRL, r1mega, TRL, ...); a seed's "
+                        "s/step, wall time and phases are the median over its runs (all runs are in the report)")
     p.add_argument("--r1mega-eval", action="store_true",
                    help="keep r1mega's in-training evaluations (TRL runs none; off by default)")
     return p.parse_args(argv)
@@ -60,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.repeats < 1:
+        raise SystemExit(f"bench_peer: --repeats must be >= 1, got {args.repeats}")
     if "trl" in args.systems:
         check_trl(args.trl_python)
     from r1mega.config import load_config
@@ -71,17 +80,26 @@ def main(argv=None) -> None:
     prompts = write_prompts(cfg, args.steps, work / "prompts.jsonl")
     runs: list[dict] = []
     for seed in args.seeds:
-        for system in args.systems:
-            print(f"[bench_peer] seed {seed}: {system} ({args.steps} steps)", flush=True)
-            run = run_r1mega(args, seed, work) if system == "r1mega" else run_trl(args, cfg, seed, work, base_hf, prompts)
-            print(f"[bench_peer]   whole command {run['wall_s']:.1f} s, {run['s_per_step']:.3f} s/step, "
-                  f"CPU {100 * run['cpu_util']:.0f}%", flush=True)
-            runs.append(run)
+        for repeat in range(args.repeats):
+            for system in args.systems:
+                label = f" (run {repeat + 1}/{args.repeats})" if args.repeats > 1 else ""
+                print(f"[bench_peer] seed {seed}: {system}{label} ({args.steps} steps)", flush=True)
+                if system == "r1mega":
+                    run = run_r1mega(args, seed, work)
+                else:
+                    run = run_trl(args, cfg, seed, work, base_hf, prompts)
+                print(f"[bench_peer]   whole command {run['wall_s']:.1f} s, {run['s_per_step']:.3f} s/step, "
+                      f"CPU {100 * run['cpu_util']:.0f}%", flush=True)
+                runs.append({**run, "repeat": repeat})
     print("[bench_peer] evaluating the final models with one evaluator", flush=True)
     evaluator = Evaluator(cfg, base_hf, args.pass_k)
     base_eval = evaluator(base_hf)
+    scores: dict = {}  # a seed's runs of one system train the same model: score the last one's, once
     for run in runs:
-        run["eval"] = evaluator(Path(run["final_model"]))
+        key = (run["system"], run["seed"])
+        if key not in scores:
+            scores[key] = evaluator(Path(run["final_model"]))
+        run["eval"] = scores[key]
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": machine(),
@@ -279,13 +297,30 @@ class Evaluator:
 # report
 # --------------------------------------------------------------------------------------------------
 
+def per_seed(runs: list[dict]) -> list[dict]:
+    """One record per (system, seed): the median over its repeated runs of wall time, CPU use, s/step
+    and each phase (a single run is its own median); its eval and every run's s/step are kept."""
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault((r["system"], r["seed"]), []).append(r)
+    out = []
+    for (system, seed), rs in groups.items():
+        med = {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "cpu_util", "s_per_step")}
+        phases = {p: statistics.median(r["phases"][p] for r in rs) for p in PHASES}
+        out.append({"system": system, "seed": seed, **med, "phases": phases, "eval": rs[-1].get("eval"),
+                    "s_per_step_runs": [r["s_per_step"] for r in rs]})
+    return out
+
+
 def summarize(runs: list[dict]) -> dict:
     out: dict = {}
+    raw = runs
+    runs = per_seed(runs)
     for system in sorted({r["system"] for r in runs}):
         mine = [r for r in runs if r["system"] == system]
 
         def span(key, sub=None):
-            values = [r[key] if sub is None else r[key].get(sub) for r in mine]
+            values = [r[key] if sub is None else (r[key] or {}).get(sub) for r in mine]
             values = [v for v in values if v is not None]
             return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)} if values else None
 
@@ -304,6 +339,15 @@ def summarize(runs: list[dict]) -> dict:
             "steps_per_s": [round(a, 3) for a, _ in ratios], "steps_per_s_mean": statistics.fmean(a for a, _ in ratios),
             "whole_command_speed": [round(b, 3) for _, b in ratios],
         }
+        by_repeat = {}  # run k of r1mega against run k of TRL, per seed: how much the host's load moved
+        for r in raw:
+            by_repeat.setdefault((r["seed"], r.get("repeat", 0)), {})[r["system"]] = r["s_per_step"]
+        if any(r.get("repeat", 0) for r in raw):
+            out["r1mega_over_trl"]["steps_per_s_by_run"] = {
+                seed: [round(p["trl"] / p["r1mega"], 3) for (s, _), p in sorted(by_repeat.items())
+                       if s == seed and {"r1mega", "trl"} <= set(p)]
+                for seed in pairs
+            }
     return out
 
 
@@ -332,6 +376,8 @@ def markdown(report: dict) -> str:
         r = s["r1mega_over_trl"]
         lines.append(f"r1mega steps/s over TRL's, per seed: {r['steps_per_s']} (mean {r['steps_per_s_mean']:.2f}x); "
                      f"whole command, TRL wall / r1mega wall: {r['whole_command_speed']}")
+        if "steps_per_s_by_run" in r:
+            lines.append(f"the same, run by run (run k of each system per seed): {r['steps_per_s_by_run']}")
     lines += ["", "| mean s/step by phase | " + " | ".join(PHASES) + " |", "|---|" + "---|" * len(PHASES)]
     for system in ("r1mega", "trl"):
         if system in s:
