@@ -84,6 +84,7 @@ def test_repeated_runs_give_each_seed_the_median_and_keep_every_run():
     ratio = s["r1mega_over_trl"]
     assert ratio["steps_per_s"] == [round(0.84 / 0.52, 3), 1.5]
     assert ratio["steps_per_s_by_run"] == {7: [1.6, round(0.84 / 0.58, 3), round(0.95 / 0.52, 3)], 8: [1.5]}
+    assert ratio["steps_per_s_best"] == [1.6, 1.5]  # 0.80 / 0.50: each system's fastest run
     assert s["r1mega"]["s_per_step"]["min"] == 0.52  # the summary spans seeds, not runs
     table = bench_peer.markdown({"summary": s, "args": {"pass_k": 4}, "base_eval": {"greedy_accuracy": 0.5}})
     assert "run by run" in table
