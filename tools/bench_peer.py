@@ -68,6 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    commit = git_commit()  # the code the runs use: read before them, not when the report is written
     if args.repeats < 1:
         raise SystemExit(f"bench_peer: --repeats must be >= 1, got {args.repeats}")
     if "trl" in args.systems:
@@ -104,7 +105,7 @@ def main(argv=None) -> None:
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": machine(),
-        "commit": git_commit(),
+        "commit": commit,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "base_eval": base_eval,
         "runs": runs,
@@ -411,8 +412,11 @@ def machine() -> dict:
 
 
 def git_commit() -> str:
+    """HEAD's short hash, with "+dirty" when tracked files differ from it (the runs use the work tree)."""
     proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return proc.stdout.strip() or "unknown"
+    head = proc.stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT, capture_output=True).returncode == 1
+    return head + ("+dirty" if dirty else "")
 
 
 if __name__ == "__main__":
