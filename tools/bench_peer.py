@@ -18,12 +18,11 @@ both) and r1mega's scorer (`score_completions`) counts accuracy and format.
 The JSON report has, per seed and system: the whole command's wall time and CPU use (user + system
 seconds of the command and its children / wall, from getrusage), s/step (mean and median of the
 per-step windows: r1mega's `time/step`, TRL's step-begin to step-begin), the mean per-phase times,
-and the held-out results; plus r1mega's steps/s over TRL's per seed. With --repeats N each system runs N
-times per seed, alternating, and a seed's numbers are the median of its runs (the host's load can
-move a run's s/step by 10-20% within minutes); the ratio of each system's best run is reported too,
-every run stays in the report, and the final models
-(identical across a seed's runs of r1mega, which is deterministic) are scored once. A markdown
-table is printed.
+and the held-out results; plus r1mega's steps/s over TRL's per seed. With --repeats N each system
+runs N times per seed, alternating, and a seed's numbers are the median of its runs (the host's load
+can move a run's s/step by 10-25% within minutes); the ratio of each system's best run is reported
+too, every run stays in the report, and each seed's final model per system (identical across runs
+for r1mega, which is deterministic) is scored once. A markdown table is printed.
 TRL is optional (`pip install -e '.[bench]'`): without it the TRL runs fail with one clear line.
 Timings on a machine with other work are contended: run it on an idle one.
 """

@@ -4,7 +4,7 @@ A decode step feeds one token per running sample through a few small layers. On 
 transformers' Python around them (output capture, config lookups, the 4D mask builder, the cache
 object, ~30 module calls a layer) costs about as much as the arithmetic. This class runs the same
 step on the same modules' weights with the same torch ops in the same order -- transformers' own
-`apply_rotary_pos_emb`, RMSNorm formula, activation and `sdpa_attention_forward` -- so its logits
+`apply_rotary_pos_emb`, RMSNorm `forward`s, activation and `sdpa_attention_forward` -- so its logits
 are bit-identical to `model(...)` (tests/test_lean_decode.py), only without the overhead.
 
 It covers decoders whose layers are: RMSNorm -> q/k/v projections (optional bias; optional
@@ -27,15 +27,6 @@ _SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 CACHE_CHUNK = 16  # positions the KV buffers grow by: one copy per 16 tokens, not one `torch.cat` per token
 _ATTN_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP_PARTS = ("gate_proj", "up_proj", "down_proj", "act_fn")
-
-
-def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
-    """transformers' llama/qwen RMSNorm, op for op: float32 statistics, weight applied in the input dtype."""
-    dtype = x.dtype
-    h = x.to(torch.float32)
-    variance = h.pow(2).mean(-1, keepdim=True)
-    h = h * torch.rsqrt(variance + norm.variance_epsilon)
-    return norm.weight * h.to(dtype)
 
 
 class LeanDecoder:
@@ -135,18 +126,15 @@ class LeanDecoder:
             self.values = [self._with_room(v) for v in self.values]
         for i, layer in enumerate(self.layers):
             residual = hidden
-            hidden = _rms_norm(layer.input_layernorm, hidden)
+            hidden = layer.input_layernorm.forward(hidden)
             hidden = self._attention(i, layer.self_attn, hidden, cos, sin, mask)
             hidden = residual + hidden
             residual = hidden
-            hidden = _rms_norm(layer.post_attention_layernorm, hidden)
-            mlp = layer.mlp
-            gate = F.linear(hidden, mlp.gate_proj.weight, mlp.gate_proj.bias)
-            up = F.linear(hidden, mlp.up_proj.weight, mlp.up_proj.bias)
-            hidden = F.linear(mlp.act_fn(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias)
+            hidden = layer.post_attention_layernorm.forward(hidden)
+            hidden = layer.mlp.forward(hidden)
             hidden = residual + hidden
         self.length += 1
-        hidden = _rms_norm(self.body.norm, hidden)
+        hidden = self.body.norm.forward(hidden)
         head = self.model.lm_head
         return F.linear(hidden, head.weight, head.bias)[:, -1]
 
@@ -156,7 +144,7 @@ class LeanDecoder:
         k = F.linear(hidden, attn.k_proj.weight, attn.k_proj.bias).view(shape)
         v = F.linear(hidden, attn.v_proj.weight, attn.v_proj.bias).view(shape)
         if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head before the rotary
-            q, k = _rms_norm(attn.q_norm, q), _rms_norm(attn.k_norm, k)
+            q, k = attn.q_norm.forward(q), attn.k_norm.forward(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = self.apply_rotary(q, k, cos, sin)
         at = self.length
